@@ -1,0 +1,81 @@
+"""pygbot: a Discord bot that plays a character with Pygmalion 1.3B.
+
+    python bot.py                       run the Discord bot (needs DISCORD_TOKEN in .env)
+    python bot.py --console             chat with the character in this terminal
+    python bot.py --console --persona Rook --model models/pygmalion-1.3b
+
+Parses arguments, reads settings, builds the parts and runs them; no logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from pygbot.config import ConfigError, Settings
+
+EXIT_STARTUP = 1  # the model, database or characters could not be loaded
+EXIT_USAGE = 2  # wrong settings or arguments
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="A Discord bot that plays a Pygmalion character.")
+    parser.add_argument("--console", action="store_true",
+                        help="chat in the terminal instead of connecting to Discord")
+    parser.add_argument("--persona", metavar="NAME", help="character to play in the console")
+    parser.add_argument("--model", metavar="PATH_OR_ID", help="overrides MODEL from .env")
+    parser.add_argument("--env-file", default=".env", type=Path, help="settings file (.env)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = Settings.from_env(env_file=args.env_file)
+    except ConfigError as error:
+        return _fail(str(error), EXIT_USAGE)
+    if args.model:
+        settings = dataclasses.replace(settings, model=args.model)
+    if not args.console and not settings.discord_token:
+        return _fail("DISCORD_TOKEN is not set: put your bot token in .env (see README), "
+                     "or run `python bot.py --console` to chat in the terminal", EXIT_USAGE)
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Heavy imports (torch, transformers) wait until the settings are known to be good.
+    from pygbot.app import StartupError
+
+    try:
+        return asyncio.run(run(settings, args))
+    except StartupError as error:
+        return _fail(str(error), EXIT_STARTUP)
+    except KeyboardInterrupt:
+        return 0
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from pygbot.app import open_services, switch_persona
+
+    async with open_services(settings) as services:
+        if args.console:
+            from pygbot.console import CONSOLE_GUILD_ID, Console
+
+            if args.persona:
+                await switch_persona(services.library, CONSOLE_GUILD_ID, args.persona)
+            return await Console(services.chat, sys.stdin, sys.stdout).run()
+        from pygbot.client import run_discord
+
+        await run_discord(services)
+        return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"pygbot: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

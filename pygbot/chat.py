@@ -1,0 +1,244 @@
+"""The conversation service, free of Discord: the terminal and the Discord cogs both use it.
+
+One reply is: load the channel's memory, render the prompt within the token budget, ask the
+worker, cut the continuation to the character's line, guard against repetition, and store the
+member's turn and the reply together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from pygbot.config import Settings
+from pygbot.engine import GenerationParams, GenerationRequest
+from pygbot.library import PersonaLibrary
+from pygbot.persona import Persona
+from pygbot.prompt import (
+    YOU,
+    RenderedPrompt,
+    Turn,
+    build_prompt,
+    extract_reply,
+    speaker_label,
+    trim_unfinished_sentence,
+)
+from pygbot.repetition import RECENT_REPLIES, max_similarity, trim_loop
+from pygbot.store import NewTurn, Store, StoredTurn
+from pygbot.worker import Worker
+
+log = logging.getLogger(__name__)
+
+HISTORY_ROWS = 200  # more than any 2048-token prompt can hold; the budget decides what is used
+SEED_RANGE = 2**31
+
+
+class EmptyReplyError(RuntimeError):
+    """The model produced nothing usable; nothing was stored."""
+
+
+class NothingToRegenerateError(LookupError):
+    """There is no reply of the character's to regenerate in this channel."""
+
+
+@dataclass(frozen=True)
+class Author:
+    id: int
+    display_name: str
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    context_tokens: int = 2048
+    params: GenerationParams = GenerationParams()
+    speaker_labels: str = "you"  # "you" or "names"
+    repetition_guard: bool = True
+    repetition_retries: int = 2
+    near_duplicate_threshold: float = 0.75
+    repetition_window_tokens: int = 256
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_context_tokens: int | None = None) -> ChatConfig:
+        context = settings.context_tokens
+        if model_context_tokens:
+            context = min(context, model_context_tokens)
+        return cls(
+            context_tokens=context,
+            params=GenerationParams(
+                max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                top_k=settings.top_k,
+                repetition_penalty=settings.repetition_penalty,
+            ),
+            speaker_labels=settings.speaker_labels,
+            repetition_guard=settings.repetition_guard,
+            repetition_retries=settings.repetition_retries,
+            near_duplicate_threshold=settings.near_duplicate_threshold,
+            repetition_window_tokens=settings.repetition_window_tokens,
+        )
+
+    @property
+    def prompt_budget(self) -> int:
+        return self.context_tokens - self.params.max_new_tokens
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    persona: Persona
+    turn: StoredTurn  # the character's reply, as stored
+    user_turn: StoredTurn
+    greeting: StoredTurn | None  # stored just now because the conversation was new
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: Store,
+        worker: Worker,
+        library: PersonaLibrary,
+        count_tokens: Callable[[str], int],
+        config: ChatConfig,
+        seed: int | None = None,
+    ) -> None:
+        self._store = store
+        self._worker = worker
+        self._library = library
+        self._count_tokens = count_tokens
+        self._config = config
+        self._rng = random.Random(seed)
+        # One reply at a time per channel keeps turns in order; channels run side by side.
+        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def library(self) -> PersonaLibrary:
+        return self._library
+
+    async def start_conversation(self, channel_id: int, guild_id: int) -> StoredTurn | None:
+        """Store the active character's greeting if the channel's conversation is new."""
+        async with self._locks[channel_id]:
+            persona = await self._library.active(guild_id)
+            return await self._greet_if_new(channel_id, persona)
+
+    async def reply(
+        self, channel_id: int, guild_id: int, author: Author, text: str,
+        message_id: int | None = None,
+    ) -> ChatReply:
+        """The character's answer to `text`; both turns are stored in one transaction."""
+        async with self._locks[channel_id]:
+            persona = await self._library.active(guild_id)
+            greeting = await self._greet_if_new(channel_id, persona)
+            history = await self._conversation(channel_id, persona)
+            turns = [*self._turns(history, persona), self._turn(author.display_name, text, persona)]
+            reply_text = await self._generate(persona, turns, _character_texts(history))
+            user_turn, turn = await self._store.add_turns(channel_id, [
+                NewTurn("user", author.display_name, text, author.id, message_id),
+                NewTurn("character", persona.name, reply_text),
+            ])
+            return ChatReply(persona, turn, user_turn, greeting)
+
+    async def regenerate(self, channel_id: int, guild_id: int) -> StoredTurn:
+        """A new alternative for the character's latest reply; it becomes the one remembered."""
+        async with self._locks[channel_id]:
+            persona = await self._library.active(guild_id)
+            history = await self._conversation(channel_id, persona)
+            if len(history) < 2 or history[-1].role != "character" or history[-2].role != "user":
+                raise NothingToRegenerateError("there is no reply to regenerate here")
+            latest = history[-1]
+            earlier = history[:-1]
+            avoid = [*_character_texts(earlier), *latest.alternatives]
+            reply_text = await self._generate(persona, self._turns(earlier, persona), avoid)
+            return await self._store.add_alternative(latest.id, reply_text)
+
+    async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
+        return await self._store.choose_alternative(turn_id, index)
+
+    async def latest_reply(self, channel_id: int) -> StoredTurn | None:
+        return await self._store.latest_character_turn(channel_id)
+
+    async def reset(self, channel_id: int, guild_id: int) -> StoredTurn | None:
+        """Forget the channel's conversation and open a new one with the greeting."""
+        async with self._locks[channel_id]:
+            removed = await self._store.clear_channel(channel_id)
+            log.info("reset channel %s: %d turns forgotten", channel_id, removed)
+            return await self._greet_if_new(channel_id, await self._library.active(guild_id))
+
+    async def attach_message(self, turn_id: int, message_id: int) -> None:
+        """Remember which Discord message shows a turn, so edits and deletes can follow it."""
+        await self._store.set_message_id(turn_id, message_id)
+
+    async def edit_message(self, message_id: int, text: str) -> StoredTurn | None:
+        return await self._store.edit_turn_by_message(message_id, text)
+
+    async def forget_message(self, message_id: int) -> bool:
+        return await self._store.delete_turn_by_message(message_id)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    async def _greet_if_new(self, channel_id: int, persona: Persona) -> StoredTurn | None:
+        if await self._conversation(channel_id, persona) or not persona.greeting:
+            return None
+        [greeting] = await self._store.add_turns(
+            channel_id, [NewTurn("character", persona.name, persona.greeting)])
+        return greeting
+
+    async def _conversation(self, channel_id: int, persona: Persona) -> list[StoredTurn]:
+        """The channel's turns since `persona` took over: a switch starts a new conversation."""
+        history = await self._store.history(channel_id, HISTORY_ROWS)
+        for index in range(len(history) - 1, -1, -1):
+            turn = history[index]
+            if turn.role == "character" and turn.name != persona.name:
+                return history[index + 1:]
+        return history
+
+    def _turns(self, history: Sequence[StoredTurn], persona: Persona) -> list[Turn]:
+        return [Turn(persona.name, turn.text, is_character=True) if turn.role == "character"
+                else self._turn(turn.name, turn.text, persona) for turn in history]
+
+    def _turn(self, display_name: str, text: str, persona: Persona) -> Turn:
+        if self._config.speaker_labels == "names":
+            return Turn(speaker_label(display_name, persona.name), text)
+        return Turn(YOU, text)
+
+    async def _generate(self, persona: Persona, turns: Sequence[Turn], recent: Sequence[str]) -> str:
+        """Sample a reply; with the guard on, trim loops and resample near-duplicates."""
+        config = self._config
+        prompt = build_prompt(persona, turns, config.prompt_budget, self._count_tokens,
+                              config.repetition_window_tokens)
+        attempts = 1 + (config.repetition_retries if config.repetition_guard else 0)
+        candidates: list[tuple[float, str]] = []
+        for attempt in range(attempts):
+            text = await self._sample(persona, prompt)
+            if not text:
+                continue
+            score = max_similarity(text, recent[-RECENT_REPLIES:])
+            if not config.repetition_guard or score < config.near_duplicate_threshold:
+                return text
+            log.info("reply %d of %d repeats a recent one (similarity %.2f); resampling",
+                     attempt + 1, attempts, score)
+            candidates.append((score, text))
+        if candidates:
+            return min(candidates)[1]
+        raise EmptyReplyError("the model produced an empty reply")
+
+    async def _sample(self, persona: Persona, prompt: RenderedPrompt) -> str:
+        params = replace(self._config.params, seed=self._rng.randrange(SEED_RANGE))
+        result = await self._worker.submit(GenerationRequest(
+            prompt.text, prompt.stop_strings, params, prompt.penalty_from))
+        text = extract_reply(result.text, persona.name, prompt.speakers)
+        if result.new_tokens >= params.max_new_tokens:
+            text = trim_unfinished_sentence(text)
+        if self._config.repetition_guard:
+            trimmed = trim_loop(text)
+            if trimmed != text:
+                log.info("trimmed a loop from a reply (%d -> %d chars)", len(text), len(trimmed))
+                text = trim_unfinished_sentence(trimmed) or trimmed
+        return text
+
+
+def _character_texts(history: Sequence[StoredTurn]) -> list[str]:
+    return [turn.text for turn in history if turn.role == "character"]

@@ -1,0 +1,1 @@
+"""Discord features, one cog per file."""

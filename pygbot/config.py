@@ -1,0 +1,178 @@
+"""Settings: the only reader of the environment and `.env`.
+
+Every key, its default and what it allows is listed once, in `_KEYS`, so `.env.example`,
+the README table and the error messages cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+DEFAULT_MODEL = "PygmalionAI/pygmalion-1.3b"
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+SPEAKER_LABEL_MODES = ("you", "names")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A setting with a wrong value; `str()` is one line naming the key and what is allowed."""
+
+    def __init__(self, key: str, value: str, allowed: str) -> None:
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str = ""
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    db_path: Path = Path("data/pygbot.sqlite3")
+    personas_dir: Path = Path("personas")
+    default_persona: str = "Aria"
+    context_tokens: int = 2048
+    max_new_tokens: int = 160
+    temperature: float = 0.65
+    top_p: float = 0.9
+    top_k: int = 0
+    repetition_penalty: float = 1.12
+    repetition_window_tokens: int = 256
+    repetition_guard: bool = True
+    repetition_retries: int = 2
+    near_duplicate_threshold: float = 0.75
+    queue_max: int = 32
+    max_batch: int = 4
+    speaker_labels: str = "you"
+    allow_dms: bool = False
+    dev_guild_id: int | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read `.env` (if present) under the process environment, which wins, and validate."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls(**{key.field: key.parse(values[key.name]) for key in _KEYS
+                      if values.get(key.name, "").strip() != ""})
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: the token is never shown."""
+        shown = {key.name: getattr(self, key.field) for key in _KEYS}
+        shown["DISCORD_TOKEN"] = "<set>" if self.discord_token else "<not set>"
+        return shown
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+def _choice(key: str, choices: tuple[str, ...], upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(key, raw, "one of " + ", ".join(choices))
+        return value
+    return parse
+
+
+def _number(key: str, kind: type[int] | type[float], low: float, high: float) -> Callable[[str], Any]:
+    def parse(raw: str) -> int | float:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(key, raw, f"{kind.__name__} from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ConfigError(key, raw, f"{kind.__name__} from {low} to {high}")
+        return value
+    return parse
+
+
+def _flag(key: str) -> Callable[[str], bool]:
+    def parse(raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, raw, "true or false")
+    return parse
+
+
+def _snowflake(key: str) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not raw.strip().isdigit():
+            raise ConfigError(key, raw, "a Discord server id (digits only)")
+        return int(raw.strip())
+    return parse
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _key(name: str, parse: Callable[[str], Any], help: str) -> _Key:
+    return _Key(name, name.lower(), parse, help)
+
+
+_KEYS: tuple[_Key, ...] = (
+    _key("DISCORD_TOKEN", str.strip, "Bot token from the Developer Portal (secret)"),
+    _key("MODEL", str.strip, "Hugging Face model id or a local model folder"),
+    _key("DEVICE", _choice("DEVICE", DEVICES), "auto, cuda or cpu"),
+    _key("DTYPE", _choice("DTYPE", DTYPES),
+         "auto = float16 on GPU, bfloat16 on CPUs that support it, else float32"),
+    _Key("DB_PATH", "db_path", lambda raw: Path(raw.strip()), "SQLite file for memory and settings"),
+    _Key("PERSONAS_DIR", "personas_dir", lambda raw: Path(raw.strip()),
+         "Folder of built-in character files"),
+    _key("DEFAULT_PERSONA", str.strip, "Character used until a server switches"),
+    _key("CONTEXT_TOKENS", _number("CONTEXT_TOKENS", int, 256, 32768),
+         "Prompt + reply budget in tokens (the model's context)"),
+    _key("MAX_NEW_TOKENS", _number("MAX_NEW_TOKENS", int, 1, 1024), "Longest reply, in tokens"),
+    _key("TEMPERATURE", _number("TEMPERATURE", float, 0.0, 2.0), "Sampling temperature; 0 = greedy"),
+    _key("TOP_P", _number("TOP_P", float, 0.0, 1.0), "Nucleus sampling"),
+    _key("TOP_K", _number("TOP_K", int, 0, 1000), "Top-k sampling; 0 = off"),
+    _key("REPETITION_PENALTY", _number("REPETITION_PENALTY", float, 1.0, 2.0),
+         "Penalty on tokens of the recent conversation; 1.0 = off"),
+    _key("REPETITION_WINDOW_TOKENS", _number("REPETITION_WINDOW_TOKENS", int, 0, 4096),
+         "How many recent conversation tokens the penalty looks at (persona never counts)"),
+    _key("REPETITION_GUARD", _flag("REPETITION_GUARD"),
+         "Trim loops in a reply and resample near-duplicates of recent replies"),
+    _key("REPETITION_RETRIES", _number("REPETITION_RETRIES", int, 0, 5),
+         "Resamples allowed when a reply repeats itself or a recent reply"),
+    _key("NEAR_DUPLICATE_THRESHOLD", _number("NEAR_DUPLICATE_THRESHOLD", float, 0.1, 1.0),
+         "Similarity to one of the last 5 replies that counts as a repeat"),
+    _key("QUEUE_MAX", _number("QUEUE_MAX", int, 1, 10000),
+         "Requests waiting for the model before members are told it is busy"),
+    _key("MAX_BATCH", _number("MAX_BATCH", int, 1, 64), "Requests generated together in one batch"),
+    _key("SPEAKER_LABELS", _choice("SPEAKER_LABELS", SPEAKER_LABEL_MODES),
+         "you = members appear as 'You'; names = by display name"),
+    _key("ALLOW_DMS", _flag("ALLOW_DMS"), "Answer direct messages"),
+    _key("DEV_GUILD_ID", _snowflake("DEV_GUILD_ID"),
+         "Sync slash commands to this server only (instant); empty = global"),
+    _key("LOG_LEVEL", _choice("LOG_LEVEL", LOG_LEVELS, upper=True), "Logging verbosity"),
+)
+
+
+def documented_keys() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every setting: the source of `.env.example` and the README table."""
+    defaults = Settings()
+    rows = []
+    for key in _KEYS:
+        default = getattr(defaults, key.field)
+        shown = "" if default is None else str(default).lower() if isinstance(default, bool) \
+            else str(default)
+        rows.append((key.name, shown, key.help))
+    return rows

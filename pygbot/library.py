@@ -1,0 +1,105 @@
+"""Which characters a server can use and which one is active.
+
+Built-in characters come from the persona folder and are shared by every server; a server's
+admins can add their own (or edit a built-in, which saves a server copy over it). The active
+character is stored per server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from pygbot.persona import Persona, load_persona_dir
+from pygbot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class UnknownPersonaError(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"there is no character named {name!r}")
+        self.name = name
+
+
+class BuiltInPersonaError(PermissionError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name!r} is a built-in character and cannot be deleted")
+
+
+class NoPersonasError(RuntimeError):
+    """Nothing to play: the persona folder is empty or missing and no server made its own."""
+
+
+class PersonaLibrary:
+    def __init__(self, store: Store, builtins: Mapping[str, Persona], default_name: str) -> None:
+        self._store = store
+        self._builtins = {name.casefold(): persona for name, persona in builtins.items()}
+        self._default_name = default_name
+        if not self._builtins:
+            raise NoPersonasError("no built-in characters were loaded; add a persona file "
+                                  "to the persona folder (PERSONAS_DIR)")
+        if default_name.casefold() not in self._builtins:
+            fallback = next(iter(self._builtins.values())).name
+            log.warning("DEFAULT_PERSONA %r is not a built-in character; using %r",
+                        default_name, fallback)
+            self._default_name = fallback
+
+    @classmethod
+    def from_dir(cls, store: Store, directory: Path, default_name: str) -> PersonaLibrary:
+        return cls(store, load_persona_dir(directory), default_name)
+
+    @property
+    def default(self) -> Persona:
+        return self._builtins[self._default_name.casefold()]
+
+    def is_builtin(self, name: str) -> bool:
+        return name.casefold() in self._builtins
+
+    async def all(self, guild_id: int) -> list[Persona]:
+        """Every character the server can use, server copies replacing built-ins, by name."""
+        merged = dict(self._builtins)
+        for persona in await self._store.custom_personas(guild_id):
+            merged[persona.name.casefold()] = persona
+        return sorted(merged.values(), key=lambda persona: persona.name.casefold())
+
+    async def get(self, guild_id: int, name: str) -> Persona:
+        for persona in await self.all(guild_id):
+            if persona.name.casefold() == name.strip().casefold():
+                return persona
+        raise UnknownPersonaError(name)
+
+    async def active(self, guild_id: int) -> Persona:
+        name = await self._store.active_persona(guild_id)
+        if name is None:
+            return self.default
+        try:
+            return await self.get(guild_id, name)
+        except UnknownPersonaError:
+            log.warning("active character %r of server %s is gone; using %r",
+                        name, guild_id, self.default.name)
+            return self.default
+
+    async def switch(self, guild_id: int, name: str) -> Persona:
+        persona = await self.get(guild_id, name)
+        await self._store.set_active_persona(guild_id, persona.name)
+        return persona
+
+    async def save(self, guild_id: int, persona: Persona, replacing: str | None = None) -> Persona:
+        """Create or edit a server character; `replacing` is the name it had before an edit."""
+        was_active = (await self.active(guild_id)).name.casefold()
+        await self._store.save_custom_persona(guild_id, persona)
+        renamed = replacing is not None and replacing.casefold() != persona.name.casefold()
+        if renamed and replacing is not None:
+            await self._store.delete_custom_persona(guild_id, replacing)
+            if was_active == replacing.casefold():
+                await self._store.set_active_persona(guild_id, persona.name)
+        return persona
+
+    async def delete(self, guild_id: int, name: str) -> Persona:
+        """Delete a server character; a server copy of a built-in reverts to the built-in."""
+        persona = await self.get(guild_id, name)
+        if not await self._store.delete_custom_persona(guild_id, persona.name):
+            raise BuiltInPersonaError(persona.name)
+        return persona

@@ -1,0 +1,158 @@
+"""The one door to the model: an asyncio queue and a single worker task that owns the engine.
+
+Requests wait in a bounded queue; the worker takes up to `max_batch` of them at a time and
+runs them as one batch in a thread, so the event loop (heartbeats, other channels) never
+blocks on the model and several channels waiting together cost about one generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pygbot.engine import GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
+
+
+class Generator(Protocol):
+    """What the worker needs from an engine (pygbot.engine.Engine, or a test's stand-in)."""
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+class QueueFullError(RuntimeError):
+    """Too many requests are waiting; the member should try again shortly."""
+
+
+class WorkerClosedError(RuntimeError):
+    """The bot is shutting down and takes no more requests."""
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    requests: int
+    failures: int
+    new_tokens: int
+    generation_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.generation_seconds if self.generation_seconds else 0.0
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    future: asyncio.Future[GenerationResult] = field(repr=False)
+
+
+class Worker:
+    def __init__(self, engine: Generator, queue_max: int = 32, max_batch: int = 4) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_max)
+        self._max_batch = max_batch
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._requests = self._failures = self._new_tokens = 0
+        self._seconds = 0.0
+
+    async def __aenter__(self) -> Worker:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._serve(), name="pygbot-model-worker")
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting plus those being generated right now."""
+        return self._queue.qsize() + self._in_flight
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(self._requests, self._failures, self._new_tokens, self._seconds)
+
+    async def submit(self, request: GenerationRequest) -> GenerationResult:
+        """Queue `request` and wait for its result.
+
+        Cancelling the caller (a deleted message, a shutdown) withdraws the request: the worker
+        skips jobs whose future is already done.
+        """
+        if self._closed or self._task is None:
+            raise WorkerClosedError("the model worker is not running")
+        job = _Job(request, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+        return await job.future
+
+    async def close(self) -> None:
+        """Fail the queued requests, let the batch in progress finish, stop the worker."""
+        self._closed = True
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(WorkerClosedError("the bot is shutting down"))
+        # The thread running generate() cannot be interrupted; waiting for it keeps the model
+        # from being torn down mid-batch and answers the members already being served.
+        await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _serve(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _next_batch(self) -> list[_Job]:
+        jobs = [await self._queue.get()]
+        while len(jobs) < self._max_batch and not self._queue.empty():
+            jobs.append(self._queue.get_nowait())
+        return [job for job in jobs if not job.future.done()]
+
+    async def _run(self, batch: list[_Job]) -> None:
+        self._in_flight = len(batch)
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._engine.generate, [j.request for j in batch])
+        except Exception as error:  # one bad batch must not stop the worker
+            log.exception("generation failed for %d request(s)", len(batch))
+            self._failures += len(batch)
+            self._fail(batch, error)
+        else:
+            self._record(results, time.perf_counter() - started)
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+        finally:
+            self._in_flight = 0
+            self._idle.set()
+
+    def _record(self, results: Sequence[GenerationResult], seconds: float) -> None:
+        self._requests += len(results)
+        self._new_tokens += sum(result.new_tokens for result in results)
+        self._seconds += seconds
+
+    @staticmethod
+    def _fail(batch: Sequence[_Job], error: BaseException) -> None:
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(error)

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny real model built on the fly, loaded through the engine's own path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pygbot.engine import Engine
+from tests.model_factory import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path) -> Engine:
+    return Engine.load(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def count_tokens(tiny_engine: Engine) -> Callable[[str], int]:
+    """The tiny model's real BPE tokenizer (trained on the fly), as the prompt sees it."""
+    return tiny_engine.count_tokens

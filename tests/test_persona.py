@@ -1,0 +1,65 @@
+"""Personas: the shipped characters, files people trade, and broken files."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from pygbot.persona import Persona, PersonaError, load_persona_dir, save_persona_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_at_least_three_distinct_characters_ship_in_personas() -> None:
+    personas = load_persona_dir(REPO / "personas")
+    assert len(personas) >= 3
+    for persona in personas.values():
+        assert persona.greeting and persona.example_dialogue and persona.scenario
+    assert len({p.persona for p in personas.values()}) == len(personas)
+
+
+def test_a_broken_file_is_reported_by_name_and_reason_and_the_rest_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    save_persona_file(Persona(name="Good", persona="Fine."), tmp_path)
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "nameless.json").write_text(json.dumps({"persona": "no name"}))
+    (tmp_path / "colon.json").write_text(json.dumps({"name": "Evil: x", "persona": "p"}))
+    with caplog.at_level(logging.WARNING):
+        personas = load_persona_dir(tmp_path)
+    assert list(personas) == ["good"]
+    assert "broken.json: not valid JSON" in caplog.text
+    assert "nameless.json: needs at least 'name' and 'persona'" in caplog.text
+    assert "colon.json: name may not contain ':'" in caplog.text
+
+
+def test_tavern_style_cards_load_with_placeholders_filled(tmp_path: Path) -> None:
+    card = {"char_name": "Mira", "char_persona": "{{char}} is a barista who helps {{user}}.",
+            "world_scenario": "A cafe.", "char_greeting": "Hi, I'm {{char}}!",
+            "example_dialogue": "<START>\n{{user}}: Coffee?\n{{char}}: Always."}
+    (tmp_path / "mira.json").write_text(json.dumps(card))
+    mira = load_persona_dir(tmp_path)["mira"]
+    assert mira.persona == "Mira is a barista who helps You."
+    assert mira.greeting == "Hi, I'm Mira!"
+    assert mira.example_dialogue == "<START>\nYou: Coffee?\nMira: Always."
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"name": "", "persona": "p"}, "name is empty"),
+    ({"name": "You", "persona": "p"}, "label for members"),
+    ({"name": "A" * 40, "persona": "p"}, "longer than 32"),
+    ({"name": "Ok", "persona": "   "}, "persona text is empty"),
+    ({"name": "Ok", "persona": "p" * 5000}, "persona is longer than 4000"),
+])
+def test_invalid_personas_are_refused_with_a_reason(fields: dict[str, str], reason: str) -> None:
+    with pytest.raises(PersonaError, match=reason):
+        Persona(**fields)
+
+
+def test_a_saved_persona_loads_back_unchanged(tmp_path: Path) -> None:
+    persona = Persona(name="Zoë", persona="Émigré poet.", greeting="Bonjour!")
+    save_persona_file(persona, tmp_path)
+    assert load_persona_dir(tmp_path)["zoë"] == persona
