@@ -1,0 +1,520 @@
+"""Durable memory: conversations, each server's characters and settings, in one SQLite file.
+
+The only module that speaks SQL. Durability rules:
+- WAL journal, so a crash loses at most the transaction in flight and readers never block;
+- one transaction per logical change (`Store._transaction`), so a reply and the message it
+  answers are stored together or not at all;
+- the schema grows by numbered migrations recorded in `PRAGMA user_version`, and a database
+  written by a newer pygbot is refused rather than misread.
+
+All statements share one aiosqlite connection. aiosqlite runs them one after another on its
+thread, but a transaction spans several awaits, so an `asyncio.Lock` keeps other coroutines'
+statements from landing inside someone else's BEGIN ... COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, cast
+
+import aiosqlite
+
+from pygbot.persona import Persona, PersonaError
+
+log = logging.getLogger(__name__)
+
+Role = Literal["user", "character"]
+
+# How long a statement waits for another process's lock (a backup tool, sqlite3 shell)
+# before failing with "database is locked".
+BUSY_TIMEOUT_MS = 5_000
+
+# Schema migrations: MIGRATIONS[n] takes the database from user_version n to n + 1.
+# Append new scripts; never edit one that has shipped, because databases already ran it.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: conversation memory, personas, server settings.
+    # AUTOINCREMENT so a deleted turn's id is never reused: callers hold turn ids across awaits
+    # (a reply being posted while /reset runs) and must not attach to a stranger's turn.
+    """
+    CREATE TABLE turns (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel_id  INTEGER NOT NULL,
+        role        TEXT    NOT NULL CHECK (role IN ('user', 'character')),
+        name        TEXT    NOT NULL,
+        text        TEXT    NOT NULL,
+        author_id   INTEGER,
+        message_id  INTEGER UNIQUE,
+        created_at  REAL    NOT NULL,
+        chosen      INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX turns_by_channel ON turns (channel_id, id);
+
+    CREATE TABLE alternatives (
+        turn_id   INTEGER NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
+        position  INTEGER NOT NULL,
+        text      TEXT    NOT NULL,
+        PRIMARY KEY (turn_id, position)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE guild_personas (
+        guild_id      INTEGER PRIMARY KEY,
+        persona_name  TEXT NOT NULL
+    );
+
+    CREATE TABLE custom_personas (
+        guild_id  INTEGER NOT NULL,
+        name_key  TEXT    NOT NULL,
+        data      TEXT    NOT NULL,
+        PRIMARY KEY (guild_id, name_key)
+    );
+
+    CREATE TABLE guild_settings (
+        guild_id            INTEGER PRIMARY KEY,
+        allow_all_channels  INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Writers take SQLite's write lock up front: a deferred transaction that reads and then writes
+# fails at once with SQLITE_BUSY (busy_timeout cannot help) if another process wrote meanwhile.
+_BEGIN_WRITE = "BEGIN IMMEDIATE"
+_BEGIN_READ = "BEGIN DEFERRED"
+
+_TURN_COLUMNS = "id, channel_id, role, name, text, author_id, message_id, created_at, chosen"
+
+
+class StoreError(Exception):
+    """The database cannot be used as asked; `str()` says why in one line."""
+
+
+class UnknownTurnError(StoreError, LookupError):
+    """No stored turn has this id (it was deleted, or the channel was reset)."""
+
+
+@dataclass(frozen=True)
+class NewTurn:
+    role: Role
+    name: str  # member display name, or the character's name
+    text: str
+    author_id: int | None = None  # Discord user id; None for character turns
+    message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    id: int
+    channel_id: int
+    role: Role
+    name: str
+    text: str  # the text that counts as memory (== alternatives[chosen] for character turns)
+    author_id: int | None
+    message_id: int | None
+    created_at: float  # unix seconds
+    alternatives: tuple[str, ...] = ()  # character turns: every generated alternative, in order
+    chosen: int = 0
+
+
+@dataclass(frozen=True)
+class GuildSettings:
+    allow_all_channels: bool = False  # False = converse only in age-restricted channels
+
+
+class Store:
+    """Async access to the bot's SQLite database; create with `await Store.open(path)`."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Store:
+        """Open (or create) the database at `path` and bring its schema up to date."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
+        # `_transaction` issues BEGIN/COMMIT itself.
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await _configure(db, path)
+            await _migrate(db)
+        except BaseException as error:
+            await db.close()
+            if isinstance(error, sqlite3.Error):  # e.g. "file is not a database"
+                raise StoreError(str(error)) from error
+            raise
+        log.info("opened database %s (schema version %d)", path, SCHEMA_VERSION)
+        return cls(db)
+
+    async def close(self) -> None:
+        """Close after any transaction in flight has finished."""
+        async with self._lock:
+            await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- conversation memory --------------------------------------------------------------------
+
+    async def history(self, channel_id: int, limit: int = 200) -> list[StoredTurn]:
+        """The newest `limit` turns of a channel, oldest first, with their alternatives."""
+        if limit <= 0:  # SQLite reads LIMIT -1 as "no limit"; nobody means that here
+            return []
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {_TURN_COLUMNS} FROM turns WHERE channel_id = ? ORDER BY id DESC LIMIT ?",
+                (channel_id, limit),
+            )
+            return await _with_alternatives(db, reversed(list(rows)))
+
+    async def add_turns(self, channel_id: int, turns: Sequence[NewTurn]) -> list[StoredTurn]:
+        """Store `turns` in order, all or none; a character turn's text becomes alternative 0."""
+        created_at = time.time()
+        async with self._transaction() as db:
+            stored = [await _insert_turn(db, channel_id, turn, created_at) for turn in turns]
+        return stored
+
+    async def set_message_id(self, turn_id: int, message_id: int) -> None:
+        """Remember which Discord message shows a turn, so edits and deletes can follow it.
+
+        A turn deleted while its message was being posted (a /reset in between) is not an
+        error: there is nothing left to attach, so it is logged and ignored.
+        """
+        async with self._transaction() as db:
+            try:
+                cursor = await _execute(db, "UPDATE turns SET message_id = ? WHERE id = ?",
+                                        (message_id, turn_id))
+            except sqlite3.IntegrityError as error:
+                raise StoreError(f"message {message_id} already shows another turn") from error
+        if cursor.rowcount == 0:
+            log.info("turn %d is gone; message %d not attached", turn_id, message_id)
+
+    async def turn_by_message(self, message_id: int) -> StoredTurn | None:
+        async with self._reading() as db:
+            return await _turn_where(db, "message_id = ?", message_id)
+
+    async def edit_turn_by_message(self, message_id: int, text: str) -> StoredTurn | None:
+        """Follow a Discord edit: the edited text replaces the turn's (and its chosen
+        alternative's) text. None when no turn shows that message."""
+        async with self._transaction() as db:
+            turn = await _turn_where(db, "message_id = ?", message_id)
+            if turn is None:
+                return None
+            await db.execute("UPDATE turns SET text = ? WHERE id = ?", (text, turn.id))
+            await db.execute(
+                "UPDATE alternatives SET text = ? WHERE turn_id = ? AND position = ?",
+                (text, turn.id, turn.chosen),
+            )
+            return await _turn_by_id(db, turn.id)
+
+    async def delete_turn_by_message(self, message_id: int) -> bool:
+        """Forget the turn a deleted Discord message showed; False when none did."""
+        async with self._transaction() as db:
+            cursor = await _execute(db, "DELETE FROM turns WHERE message_id = ?", (message_id,))
+        return cursor.rowcount > 0
+
+    async def clear_channel(self, channel_id: int) -> int:
+        """Forget a channel's conversation (alternatives go with their turns); rows removed."""
+        async with self._transaction() as db:
+            cursor = await _execute(db, "DELETE FROM turns WHERE channel_id = ?", (channel_id,))
+        return cursor.rowcount
+
+    async def latest_character_turn(self, channel_id: int) -> StoredTurn | None:
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {_TURN_COLUMNS} FROM turns WHERE channel_id = ? AND role = 'character' "
+                "ORDER BY id DESC LIMIT 1",
+                (channel_id,),
+            )
+            turns = await _with_alternatives(db, rows)
+        return turns[0] if turns else None
+
+    async def add_alternative(self, turn_id: int, text: str) -> StoredTurn:
+        """Append a regenerated reply to a character turn and make it the one remembered."""
+        async with self._transaction() as db:
+            turn = await _character_turn(db, turn_id)
+            position = len(turn.alternatives)
+            await db.execute(
+                "INSERT INTO alternatives (turn_id, position, text) VALUES (?, ?, ?)",
+                (turn_id, position, text),
+            )
+            await _select_alternative(db, turn_id, position, text)
+            return await _turn_by_id(db, turn_id)
+
+    async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
+        """Make alternative `index` the remembered text; IndexError when it does not exist."""
+        async with self._transaction() as db:
+            turn = await _character_turn(db, turn_id)
+            # No Python-style negative indexing: a negative index is a caller's bug.
+            if not 0 <= index < len(turn.alternatives):
+                raise IndexError(f"turn {turn_id} has {len(turn.alternatives)} alternatives; "
+                                 f"there is no alternative {index}")
+            await _select_alternative(db, turn_id, index, turn.alternatives[index])
+            return await _turn_by_id(db, turn_id)
+
+    # --- personas -------------------------------------------------------------------------------
+
+    async def active_persona(self, guild_id: int) -> str | None:
+        """The name of the server's chosen character; None when it never chose one."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT persona_name FROM guild_personas WHERE guild_id = ?", (guild_id,)))
+        return cast(str, rows[0][0]) if rows else None
+
+    async def set_active_persona(self, guild_id: int, name: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO guild_personas (guild_id, persona_name) VALUES (?, ?) "
+                "ON CONFLICT (guild_id) DO UPDATE SET persona_name = excluded.persona_name",
+                (guild_id, name),
+            )
+
+    async def custom_personas(self, guild_id: int) -> list[Persona]:
+        """The server's own characters, by case-folded name. A row that no longer passes
+        validation is logged and skipped so one bad row cannot hide the others."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                "SELECT name_key, data FROM custom_personas WHERE guild_id = ? ORDER BY name_key",
+                (guild_id,),
+            )
+        personas = []
+        for name_key, data in rows:
+            try:
+                personas.append(Persona.from_dict(json.loads(data)))
+            except (PersonaError, json.JSONDecodeError) as error:
+                log.warning("skipped stored persona %r of server %s: %s", name_key, guild_id,
+                            error)
+        return personas
+
+    async def save_custom_persona(self, guild_id: int, persona: Persona) -> None:
+        """Create or replace the server's character with this name, ignoring case."""
+        data = json.dumps(persona.to_dict(), ensure_ascii=False)
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO custom_personas (guild_id, name_key, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (guild_id, name_key) DO UPDATE SET data = excluded.data",
+                (guild_id, _name_key(persona.name), data),
+            )
+
+    async def delete_custom_persona(self, guild_id: int, name: str) -> bool:
+        """Delete the server's character named `name` (any case); False when it had none."""
+        async with self._transaction() as db:
+            cursor = await _execute(
+                db, "DELETE FROM custom_personas WHERE guild_id = ? AND name_key = ?",
+                (guild_id, _name_key(name)),
+            )
+        return cursor.rowcount > 0
+
+    # --- server settings ------------------------------------------------------------------------
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        """The server's settings; defaults until an admin changes one."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT allow_all_channels FROM guild_settings WHERE guild_id = ?", (guild_id,)))
+        if not rows:
+            return GuildSettings()
+        return GuildSettings(allow_all_channels=bool(rows[0][0]))
+
+    async def set_allow_all_channels(self, guild_id: int, allowed: bool) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO guild_settings (guild_id, allow_all_channels) VALUES (?, ?) "
+                "ON CONFLICT (guild_id) DO UPDATE SET allow_all_channels = "
+                "excluded.allow_all_channels",
+                (guild_id, int(allowed)),
+            )
+
+    # --- internals ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, begin: str = _BEGIN_WRITE) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN on entry, COMMIT on success, ROLLBACK on any error or cancellation.
+
+        BEGIN and COMMIT sit inside the `try` because a cancelled await does not stop the
+        statement (aiosqlite still runs it), and a failed COMMIT leaves the transaction open;
+        either way the ROLLBACK closes it, and is a no-op when nothing is open.
+        """
+        async with self._lock:
+            try:
+                await self._db.execute(begin)
+                yield self._db
+                await self._db.execute("COMMIT")
+            except BaseException:
+                # Shielded so a second cancellation cannot leave the connection mid-transaction;
+                # aiosqlite runs statements in order, so the ROLLBACK lands before anything next.
+                await asyncio.shield(self._db.rollback())
+                raise
+
+    def _reading(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        """A read-only transaction. Reads need the lock too: on a shared connection a read
+        issued inside another coroutine's transaction would see its uncommitted rows."""
+        return self._transaction(_BEGIN_READ)
+
+
+# --- connection setup ---------------------------------------------------------------------------
+
+
+async def _configure(db: aiosqlite.Connection, path: Path) -> None:
+    """Per-connection settings; none of them is stored in the file except the journal mode."""
+    db.row_factory = sqlite3.Row
+    rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
+    if rows[0][0] != "wal":  # e.g. a network filesystem without shared memory
+        log.warning("database %s runs in %s journal mode, not WAL", path, rows[0][0])
+    # With WAL, NORMAL loses no committed transaction on an application crash, only possibly
+    # the last ones on a power cut, and saves an fsync per commit.
+    await db.execute("PRAGMA synchronous = NORMAL")
+    await db.execute("PRAGMA foreign_keys = ON")  # off by default; the cascade needs it
+    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Apply the migrations this database has not run yet, each in its own transaction."""
+    version = await _user_version(db)
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database schema version {version} is newer than this pygbot "
+                         f"({SCHEMA_VERSION}); upgrade pygbot")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        await _apply_migration(db, target)
+
+
+async def _apply_migration(db: aiosqlite.Connection, target: int) -> None:
+    # executescript commits anything pending first and cannot take parameters, so the
+    # transaction and the version bump are part of the script itself.
+    script = f"BEGIN;\n{MIGRATIONS[target - 1]}\nPRAGMA user_version = {target};\nCOMMIT;"
+    try:
+        await db.executescript(script)
+    except BaseException as error:
+        await asyncio.shield(db.rollback())  # a failed script leaves its transaction open
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"migration to schema version {target} failed: {error}") from error
+        raise
+    log.info("migrated database schema to version %d", target)
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    return int(rows[0][0])
+
+
+# --- turns --------------------------------------------------------------------------------------
+
+
+async def _execute(
+    db: aiosqlite.Connection, sql: str, params: Sequence[Any]
+) -> aiosqlite.Cursor:
+    """Run one statement and close its cursor, keeping it only for `rowcount`/`lastrowid`."""
+    async with db.execute(sql, params) as cursor:
+        return cursor
+
+
+async def _insert_turn(
+    db: aiosqlite.Connection, channel_id: int, turn: NewTurn, created_at: float
+) -> StoredTurn:
+    try:
+        cursor = await _execute(
+            db,
+            "INSERT INTO turns (channel_id, role, name, text, author_id, message_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (channel_id, turn.role, turn.name, turn.text, turn.author_id, turn.message_id,
+             created_at),
+        )
+    except sqlite3.IntegrityError as error:
+        raise StoreError(f"cannot store turn (message {turn.message_id}): {error}") from error
+    turn_id = cursor.lastrowid
+    assert turn_id is not None  # an INSERT into a rowid table always sets it
+    alternatives: tuple[str, ...] = ()
+    if turn.role == "character":
+        await db.execute("INSERT INTO alternatives (turn_id, position, text) VALUES (?, 0, ?)",
+                         (turn_id, turn.text))
+        alternatives = (turn.text,)
+    return StoredTurn(turn_id, channel_id, turn.role, turn.name, turn.text, turn.author_id,
+                      turn.message_id, created_at, alternatives, 0)
+
+
+async def _turn_where(db: aiosqlite.Connection, condition: str, value: int) -> StoredTurn | None:
+    """The one turn matching `condition` (a constant SQL fragment on a unique column)."""
+    rows = await db.execute_fetchall(f"SELECT {_TURN_COLUMNS} FROM turns WHERE {condition}",
+                                     (value,))
+    turns = await _with_alternatives(db, rows)
+    return turns[0] if turns else None
+
+
+async def _turn_by_id(db: aiosqlite.Connection, turn_id: int) -> StoredTurn:
+    turn = await _turn_where(db, "id = ?", turn_id)
+    if turn is None:
+        raise UnknownTurnError(f"no turn with id {turn_id}")
+    return turn
+
+
+async def _character_turn(db: aiosqlite.Connection, turn_id: int) -> StoredTurn:
+    turn = await _turn_by_id(db, turn_id)
+    if turn.role != "character":
+        raise StoreError(f"turn {turn_id} is a member's message; only the character's "
+                         "replies have alternatives")
+    return turn
+
+
+async def _select_alternative(
+    db: aiosqlite.Connection, turn_id: int, position: int, text: str
+) -> None:
+    await db.execute("UPDATE turns SET chosen = ?, text = ? WHERE id = ?",
+                     (position, text, turn_id))
+
+
+async def _with_alternatives(
+    db: aiosqlite.Connection, rows: Iterable[sqlite3.Row]
+) -> list[StoredTurn]:
+    """Turn rows into `StoredTurn`s, loading every row's alternatives in one query."""
+    rows = list(rows)
+    if not rows:
+        return []
+    # The ids travel as one JSON array so any number of turns is a single bound parameter.
+    ids = json.dumps([row["id"] for row in rows])
+    alternatives: dict[int, list[str]] = {row["id"]: [] for row in rows}
+    for turn_id, text in await db.execute_fetchall(
+        "SELECT turn_id, text FROM alternatives "
+        "WHERE turn_id IN (SELECT value FROM json_each(?)) ORDER BY turn_id, position",
+        (ids,),
+    ):
+        alternatives[turn_id].append(text)
+    return [_stored_turn(row, alternatives[row["id"]]) for row in rows]
+
+
+def _stored_turn(row: sqlite3.Row, alternatives: Sequence[str]) -> StoredTurn:
+    return StoredTurn(
+        id=row["id"],
+        channel_id=row["channel_id"],
+        role=row["role"],
+        name=row["name"],
+        text=row["text"],
+        author_id=row["author_id"],
+        message_id=row["message_id"],
+        created_at=row["created_at"],
+        alternatives=tuple(alternatives),
+        chosen=row["chosen"],
+    )
+
+
+def _name_key(name: str) -> str:
+    """Persona names are unique per server regardless of case (Aria == ARIA)."""
+    return name.strip().casefold()
