@@ -39,7 +39,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         store = await Store.open(settings.db_path)
     except (StoreError, OSError) as error:
-        raise StartupError(f"cannot open the database DB_PATH={settings.db_path}: {error}") from None
+        raise StartupError(
+            f"cannot open the database DB_PATH={settings.db_path}: {error}") from None
     async with store:
         try:
             library = PersonaLibrary.from_dir(store, settings.personas_dir,

@@ -12,7 +12,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from pygbot.config import Settings
 from pygbot.engine import GenerationParams, GenerationRequest
@@ -54,7 +54,7 @@ class Author:
 @dataclass(frozen=True)
 class ChatConfig:
     context_tokens: int = 2048
-    params: GenerationParams = GenerationParams()
+    params: GenerationParams = field(default_factory=GenerationParams)
     speaker_labels: str = "you"  # "you" or "names"
     repetition_guard: bool = True
     repetition_retries: int = 2
@@ -62,7 +62,9 @@ class ChatConfig:
     repetition_window_tokens: int = 256
 
     @classmethod
-    def from_settings(cls, settings: Settings, model_context_tokens: int | None = None) -> ChatConfig:
+    def from_settings(
+        cls, settings: Settings, model_context_tokens: int | None = None
+    ) -> ChatConfig:
         context = settings.context_tokens
         if model_context_tokens:
             context = min(context, model_context_tokens)
@@ -103,6 +105,7 @@ class ChatService:
         library: PersonaLibrary,
         count_tokens: Callable[[str], int],
         config: ChatConfig,
+        *,
         seed: int | None = None,
     ) -> None:
         self._store = store
@@ -157,6 +160,12 @@ class ChatService:
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
         return await self._store.choose_alternative(turn_id, index)
 
+    async def is_character_message(self, message_id: int) -> bool:
+        """Whether `message_id` shows one of the character's turns (a reply-to-bot check that
+        works even when Discord did not send the referenced message)."""
+        turn = await self._store.turn_by_message(message_id)
+        return turn is not None and turn.role == "character"
+
     async def latest_reply(self, channel_id: int) -> StoredTurn | None:
         return await self._store.latest_character_turn(channel_id)
 
@@ -204,7 +213,9 @@ class ChatService:
             return Turn(speaker_label(display_name, persona.name), text)
         return Turn(YOU, text)
 
-    async def _generate(self, persona: Persona, turns: Sequence[Turn], recent: Sequence[str]) -> str:
+    async def _generate(
+        self, persona: Persona, turns: Sequence[Turn], recent: Sequence[str]
+    ) -> str:
         """Sample a reply; with the guard on, trim loops and resample near-duplicates."""
         config = self._config
         prompt = build_prompt(persona, turns, config.prompt_budget, self._count_tokens,
@@ -227,8 +238,11 @@ class ChatService:
 
     async def _sample(self, persona: Persona, prompt: RenderedPrompt) -> str:
         params = replace(self._config.params, seed=self._rng.randrange(SEED_RANGE))
+        # Without the guard the penalty covers the whole prompt, as transformers' own
+        # repetition_penalty does: the persona's name and facts are punished too.
+        penalty_from = prompt.penalty_from if self._config.repetition_guard else 0
         result = await self._worker.submit(GenerationRequest(
-            prompt.text, prompt.stop_strings, params, prompt.penalty_from))
+            prompt.text, prompt.stop_strings, params, penalty_from))
         text = extract_reply(result.text, persona.name, prompt.speakers)
         if result.new_tokens >= params.max_new_tokens:
             text = trim_unfinished_sentence(text)

@@ -85,7 +85,9 @@ def _choice(key: str, choices: tuple[str, ...], upper: bool = False) -> Callable
     return parse
 
 
-def _number(key: str, kind: type[int] | type[float], low: float, high: float) -> Callable[[str], Any]:
+def _number(
+    key: str, kind: type[int] | type[float], low: float, high: float
+) -> Callable[[str], Any]:
     def parse(raw: str) -> int | float:
         try:
             value = kind(raw.strip())
@@ -134,14 +136,16 @@ _KEYS: tuple[_Key, ...] = (
     _key("DEVICE", _choice("DEVICE", DEVICES), "auto, cuda or cpu"),
     _key("DTYPE", _choice("DTYPE", DTYPES),
          "auto = float16 on GPU, bfloat16 on CPUs that support it, else float32"),
-    _Key("DB_PATH", "db_path", lambda raw: Path(raw.strip()), "SQLite file for memory and settings"),
+    _Key("DB_PATH", "db_path", lambda raw: Path(raw.strip()),
+         "SQLite file for memory and settings"),
     _Key("PERSONAS_DIR", "personas_dir", lambda raw: Path(raw.strip()),
          "Folder of built-in character files"),
     _key("DEFAULT_PERSONA", str.strip, "Character used until a server switches"),
     _key("CONTEXT_TOKENS", _number("CONTEXT_TOKENS", int, 256, 32768),
          "Prompt + reply budget in tokens (the model's context)"),
     _key("MAX_NEW_TOKENS", _number("MAX_NEW_TOKENS", int, 1, 1024), "Longest reply, in tokens"),
-    _key("TEMPERATURE", _number("TEMPERATURE", float, 0.0, 2.0), "Sampling temperature; 0 = greedy"),
+    _key("TEMPERATURE", _number("TEMPERATURE", float, 0.0, 2.0),
+         "Sampling temperature; 0 = greedy"),
     _key("TOP_P", _number("TOP_P", float, 0.0, 1.0), "Nucleus sampling"),
     _key("TOP_K", _number("TOP_K", int, 0, 1000), "Top-k sampling; 0 = off"),
     _key("REPETITION_PENALTY", _number("REPETITION_PENALTY", float, 1.0, 2.0),

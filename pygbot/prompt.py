@@ -83,13 +83,15 @@ def defuse(text: str) -> str:
     A line after the first that starts like a turn (`Name: …`) is joined to the line before
     it, and `<START>` loses its brackets; everything else a member wrote stays as written.
     """
-    lines = _START_MARK.sub("START", clean_text(text)).split("\n")
+    lines = _START_MARK.sub("START", clean_text(text)).strip().split("\n")
     kept: list[str] = []
     for line in lines:
-        if kept and _TURN_LINE.match(line):
-            kept[-1] = f"{kept[-1]} {line.strip()}".strip()
-        else:
-            kept.append(line)
+        kept.append(line)
+        # Joining can itself form a turn-like line ("START" + "Aria's Persona: ..."), so
+        # keep merging until no continuation line starts like a turn.
+        while len(kept) > 1 and _TURN_LINE.match(kept[-1]):
+            last = kept.pop()
+            kept[-1] = f"{kept[-1]} {last.strip()}".strip()
     return "\n".join(kept).strip()
 
 
@@ -138,7 +140,7 @@ def build_prompt(
     speakers = _speakers(persona, turns)
     return RenderedPrompt(
         text=text,
-        stop_strings=tuple(f"\n{speaker}:" for speaker in speakers) + (f"\n{START}",),
+        stop_strings=(*(f"\n{speaker}:" for speaker in speakers), f"\n{START}"),
         speakers=speakers,
         penalty_from=_window_start(text, history, penalty_window_tokens, count_tokens),
         turns_kept=len(history),
@@ -160,7 +162,7 @@ def _line(turn: Turn) -> str:
 
 
 def _example_blocks(persona: Persona) -> list[list[str]]:
-    """Example dialogue split at `<START>` into blocks of lines; a block is kept or dropped whole."""
+    """Example dialogue split at `<START>` into blocks; a block is kept or dropped whole."""
     blocks = []
     for chunk in _START_MARK.split(clean_text(persona.example_dialogue)):
         lines = [line.strip() for line in chunk.split("\n") if line.strip()]

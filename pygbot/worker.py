@@ -118,8 +118,13 @@ class Worker:
     async def _serve(self) -> None:
         while True:
             batch = await self._next_batch()
-            if batch:
+            if not batch:
+                continue
+            self._idle.clear()
+            try:
                 await self._run(batch)
+            finally:
+                self._idle.set()
 
     async def _next_batch(self) -> list[_Job]:
         jobs = [await self._queue.get()]
@@ -129,13 +134,20 @@ class Worker:
 
     async def _run(self, batch: list[_Job]) -> None:
         self._in_flight = len(batch)
-        self._idle.clear()
         started = time.perf_counter()
         try:
             results = await asyncio.to_thread(self._engine.generate, [j.request for j in batch])
-        except Exception as error:  # one bad batch must not stop the worker
-            log.exception("generation failed for %d request(s)", len(batch))
-            self._failures += len(batch)
+        except asyncio.CancelledError:
+            self._fail(batch, WorkerClosedError("the bot is shutting down"))
+            raise
+        except Exception as error:  # one bad request must not stop the worker
+            if len(batch) > 1:
+                # Find the culprit: alone, each request fails or succeeds on its own merits.
+                for job in batch:
+                    await self._run([job])
+                return
+            log.exception("generation failed")
+            self._failures += 1
             self._fail(batch, error)
         else:
             self._record(results, time.perf_counter() - started)
@@ -144,7 +156,6 @@ class Worker:
                     job.future.set_result(result)
         finally:
             self._in_flight = 0
-            self._idle.set()
 
     def _record(self, results: Sequence[GenerationResult], seconds: float) -> None:
         self._requests += len(results)

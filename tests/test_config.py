@@ -42,7 +42,9 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     ("DEV_GUILD_ID", "my-server", "a Discord server id"),
     ("SPEAKER_LABELS", "nicknames", "one of you, names"),
 ])
-def test_a_wrong_value_names_the_key_and_what_is_allowed(key: str, value: str, allowed: str) -> None:
+def test_a_wrong_value_names_the_key_and_what_is_allowed(
+    key: str, value: str, allowed: str,
+) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({key: value}, env_file=None)
     message = str(caught.value)

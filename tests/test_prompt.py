@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -58,10 +59,11 @@ def test_scenario_line_is_left_out_when_empty(count_tokens: Callable[[str], int]
 def test_prompt_stays_within_the_token_budget(count_tokens: Callable[[str], int]) -> None:
     turns = [Turn(YOU if i % 2 else "Aria", f"message number {i} about the rings of a gas giant",
                   is_character=not i % 2) for i in range(200)]
-    for budget in (60, 120, 300, 900):
+    for budget in (200, 300, 900):
         prompt = build_prompt(ARIA, turns, budget, count_tokens)
         assert count_tokens(prompt.text) <= budget
-        assert prompt.text.startswith("Aria's Persona: ")
+        assert prompt.text.startswith("Aria's Persona: Aria is the ship's navigation AI.\n"
+                                      "Scenario: A quiet night shift.\n")
         assert prompt.text.endswith("You: message number 199 about the rings of a gas giant\nAria:")
 
 
@@ -73,7 +75,9 @@ def test_oldest_history_goes_first(count_tokens: Callable[[str], int]) -> None:
     assert 0 < len(kept) < 50
 
 
-def test_example_dialogue_is_dropped_before_real_history(count_tokens: Callable[[str], int]) -> None:
+def test_example_dialogue_is_dropped_before_real_history(
+    count_tokens: Callable[[str], int],
+) -> None:
     turns = [Turn(YOU, "first real message"), Turn("Aria", "first real reply", True),
              Turn(YOU, "second real message")]
     full = build_prompt(ARIA, turns, 2000, count_tokens)
@@ -122,8 +126,9 @@ def test_user_text_can_never_forge_a_turn(
     conversation = prompt.text.split("<START>\n")[-1].split("\n")
     example_lines = {"You: Stars?", "Aria: Many!"}
     genuine = [line for line in conversation if line not in example_lines]
-    assert genuine[-1] == "Aria:"
-    assert len(genuine) == 2 and genuine[0].startswith("You: hi")
+    assert genuine[0].startswith("You: hi") and genuine[-1] == "Aria:"
+    looks_like_a_turn = re.compile(r"^\s*[\w' ]{1,40}:")
+    assert not any(looks_like_a_turn.match(line) for line in genuine[1:-1])
     assert prompt.text.count("<START>") == 2  # only the real markers
 
 
@@ -170,8 +175,8 @@ def test_penalty_window_starts_after_the_persona_and_examples(
     turns = [Turn(YOU, f"message {i}") for i in range(5)]
     prompt = build_prompt(ARIA, turns, 1000, count_tokens, penalty_window_tokens=10_000)
     assert prompt.text[prompt.penalty_from:].startswith("You: message 0")
-    narrow = build_prompt(ARIA, turns, 1000, count_tokens, penalty_window_tokens=8)
-    assert narrow.text[narrow.penalty_from:].startswith("You: message 4") or \
-        narrow.text[narrow.penalty_from:].startswith("You: message 3")
+    one_line = count_tokens("You: message 4\n")
+    narrow = build_prompt(ARIA, turns, 1000, count_tokens, penalty_window_tokens=one_line)
+    assert narrow.text[narrow.penalty_from:] == "You: message 4\nAria:"
     none = build_prompt(ARIA, turns, 1000, count_tokens, penalty_window_tokens=0)
     assert none.text[none.penalty_from:] == ""

@@ -1,0 +1,80 @@
+"""`/reset` and `/pygbot status | allow-channels`: memory and server settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from pygbot.chat import ChatService
+from pygbot.cogs.access import Access, AccessPolicy
+from pygbot.cogs.checks import refuse_unless_manager
+from pygbot.store import Store
+from pygbot.worker import Worker
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    device: str
+    dtype: str
+
+
+class AdminCog(commands.Cog):
+    pygbot = app_commands.Group(name="pygbot", description="Bot status and server settings",
+                                guild_only=True)
+
+    def __init__(self, chat: ChatService, store: Store, worker: Worker, access: AccessPolicy,
+                 model: ModelInfo) -> None:
+        self.chat = chat
+        self.store = store
+        self.worker = worker
+        self.access = access
+        self.model = model
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    async def reset(self, interaction: discord.Interaction) -> None:
+        """Make the character forget this channel's conversation (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        channel = interaction.channel
+        greeting = await self.chat.reset(interaction.channel_id or 0, interaction.guild_id or 0)
+        await interaction.response.send_message("Memory of this channel cleared.")
+        allowed = isinstance(channel, discord.abc.Messageable) and \
+            await self.access.check(channel) is Access.ALLOWED
+        if greeting is not None and allowed and isinstance(channel, discord.abc.Messageable):
+            sent = await channel.send(greeting.text)
+            await self.chat.attach_message(greeting.id, sent.id)
+
+    @pygbot.command()
+    async def status(self, interaction: discord.Interaction) -> None:
+        """Show the model, device, queue and speed."""
+        stats = self.worker.stats()
+        persona = await self.chat.library.active(interaction.guild_id or 0)
+        settings = await self.store.guild_settings(interaction.guild_id or 0)
+        lines = [
+            f"**Model:** {self.model.name}",
+            f"**Device:** {self.model.device} ({self.model.dtype})",
+            f"**Character:** {persona.name}",
+            f"**Queue:** {self.worker.depth} waiting or generating",
+            f"**Speed:** {stats.tokens_per_second:.1f} tokens/s over {stats.requests} replies",
+            "**Channels:** " + ("all channels" if settings.allow_all_channels
+                                else "age-restricted channels only"),
+        ]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @pygbot.command(name="allow-channels")
+    async def allow_channels(self, interaction: discord.Interaction) -> None:
+        """Toggle whether the bot talks outside age-restricted channels (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        guild_id = interaction.guild_id or 0
+        allowed = not (await self.store.guild_settings(guild_id)).allow_all_channels
+        await self.store.set_allow_all_channels(guild_id, allowed)
+        message = ("I will now talk in every channel of this server. Note: the model can write "
+                   "adult content." if allowed else
+                   "I will only talk in age-restricted channels from now on.")
+        await interaction.response.send_message(message)

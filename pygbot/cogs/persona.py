@@ -1,0 +1,236 @@
+"""`/persona`: list, show, switch, create, edit and delete the server's characters.
+
+Changing characters needs the Manage Server permission. Discord's default permissions can be
+changed by any admin in the server's integration settings, so every handler checks the
+member's permissions itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from pygbot.chat import ChatService
+from pygbot.cogs.access import Access, AccessPolicy
+from pygbot.cogs.checks import refuse_unless_manager
+from pygbot.library import BuiltInPersonaError, PersonaLibrary, UnknownPersonaError
+from pygbot.persona import NAME_MAX_CHARS, TEXT_MAX_CHARS, Persona, PersonaError
+
+log = logging.getLogger(__name__)
+
+AUTOCOMPLETE_CHOICES = 25  # Discord's limit
+EMBED_FIELD_LIMIT = 1024
+MODAL_TITLE_LIMIT = 45
+RETRY_SECONDS = 600.0
+MODAL_SECONDS = 1800.0  # long enough to write a character; then the form is forgotten
+
+
+@app_commands.guild_only()
+class PersonaCog(commands.GroupCog, group_name="persona",
+                 group_description="Choose and edit the character the bot plays"):
+    def __init__(self, chat: ChatService, access: AccessPolicy) -> None:
+        self.chat = chat
+        self.library: PersonaLibrary = chat.library
+        self.access = access
+        super().__init__()
+
+    @app_commands.command(name="list")
+    async def list_(self, interaction: discord.Interaction) -> None:
+        """List the characters this server can use."""
+        guild_id = interaction.guild_id or 0
+        active = (await self.library.active(guild_id)).name
+        lines = [f"**{p.name}**{' (playing now)' if p.name == active else ''}"
+                 f"{'' if self.library.is_builtin(p.name) else ' · made here'}"
+                 for p in await self.library.all(guild_id)]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @app_commands.command()
+    @app_commands.describe(name="Character to show; the active one if left out")
+    async def show(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        """Show a character's persona, scenario, greeting and example dialogue."""
+        guild_id = interaction.guild_id or 0
+        try:
+            persona = await (self.library.get(guild_id, name) if name
+                             else self.library.active(guild_id))
+        except UnknownPersonaError as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return
+        await interaction.response.send_message(embed=_embed(persona), ephemeral=True)
+
+    @app_commands.command()
+    @app_commands.describe(name="Character to play from now on")
+    async def switch(self, interaction: discord.Interaction, name: str) -> None:
+        """Switch the character the bot plays in this server (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        guild_id = interaction.guild_id or 0
+        try:
+            persona = await self.library.switch(guild_id, name)
+        except UnknownPersonaError as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return
+        await interaction.response.send_message(f"**{persona.name}** takes over from here.")
+        await self._greet(interaction)
+
+    @app_commands.command()
+    async def create(self, interaction: discord.Interaction) -> None:
+        """Create a new character for this server (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        await interaction.response.send_modal(PersonaModal(self.library, original=None))
+
+    @app_commands.command()
+    @app_commands.describe(name="Character to edit")
+    async def edit(self, interaction: discord.Interaction, name: str) -> None:
+        """Edit a character; editing a built-in saves this server's own copy (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        try:
+            persona = await self.library.get(interaction.guild_id or 0, name)
+        except UnknownPersonaError as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return
+        await interaction.response.send_modal(PersonaModal(self.library, original=persona))
+
+    @app_commands.command()
+    @app_commands.describe(name="Character made in this server to delete")
+    async def delete(self, interaction: discord.Interaction, name: str) -> None:
+        """Delete a character made in this server (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        try:
+            persona = await self.library.delete(interaction.guild_id or 0, name)
+        except (UnknownPersonaError, BuiltInPersonaError) as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return
+        await interaction.response.send_message(f"Deleted **{persona.name}**.", ephemeral=True)
+
+    @show.autocomplete("name")
+    @switch.autocomplete("name")
+    @edit.autocomplete("name")
+    @delete.autocomplete("name")
+    async def _names(self, interaction: discord.Interaction,
+                     current: str) -> list[app_commands.Choice[str]]:
+        personas = await self.library.all(interaction.guild_id or 0)
+        matches = [p.name for p in personas if current.casefold() in p.name.casefold()]
+        return [app_commands.Choice(name=name, value=name)
+                for name in matches[:AUTOCOMPLETE_CHOICES]]
+
+    async def _greet(self, interaction: discord.Interaction) -> None:
+        """Open the new character's conversation in this channel with its greeting."""
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            return
+        if await self.access.check(channel) is not Access.ALLOWED:
+            return
+        greeting = await self.chat.start_conversation(channel.id, interaction.guild_id or 0)
+        if greeting is not None:
+            sent = await channel.send(greeting.text)
+            await self.chat.attach_message(greeting.id, sent.id)
+
+
+class PersonaModal(discord.ui.Modal):
+    """Discord's form for a character: five fields, within Discord's modal limits."""
+
+    name: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Name", custom_id="name", max_length=NAME_MAX_CHARS, placeholder="Aria")
+    persona: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Persona", custom_id="persona",
+        style=discord.TextStyle.paragraph, max_length=TEXT_MAX_CHARS,
+        placeholder="A few sentences about who the character is and how they talk.")
+    scenario: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Scenario", custom_id="scenario",
+        style=discord.TextStyle.paragraph, max_length=TEXT_MAX_CHARS,
+        required=False, placeholder="Optional: where and when the conversation happens.")
+    greeting: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Greeting", custom_id="greeting",
+        style=discord.TextStyle.paragraph, max_length=TEXT_MAX_CHARS,
+        required=False, placeholder="The first thing the character says.")
+    example_dialogue: discord.ui.TextInput[PersonaModal] = discord.ui.TextInput(
+        label="Example dialogue", custom_id="example_dialogue",
+        style=discord.TextStyle.paragraph, max_length=TEXT_MAX_CHARS,
+        required=False, placeholder="You: Hi!\nAria: Oh, hello there!")
+
+    def __init__(self, library: PersonaLibrary, original: Persona | None,
+                 values: dict[str, str] | None = None) -> None:
+        title = f"Edit {original.name}" if original else "New character"
+        super().__init__(title=title[:MODAL_TITLE_LIMIT], timeout=MODAL_SECONDS)
+        self.library = library
+        self.original = original
+        prefill = values or (original.to_dict() if original else {})
+        for field in self._fields():
+            field.default = prefill.get(_field_key(field), "")[:TEXT_MAX_CHARS] or None
+
+    def _fields(self) -> list[discord.ui.TextInput[PersonaModal]]:
+        return [self.name, self.persona, self.scenario, self.greeting, self.example_dialogue]
+
+    def values(self) -> dict[str, str]:
+        return {_field_key(field): field.value for field in self._fields()}
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        if await refuse_unless_manager(interaction):
+            return
+        values = self.values()
+        guild_id = interaction.guild_id or 0
+        try:
+            persona = Persona.from_dict(values)
+            await self._check_name_free(guild_id, persona)
+        except PersonaError as error:
+            # A modal cannot answer with another modal; a button reopens it with what they
+            # typed, so a typo never costs anyone their text.
+            await interaction.response.send_message(
+                f"That character was not saved: {error}.", ephemeral=True,
+                view=RetryView(self.library, self.original, values))
+            return
+        replacing = self.original.name if self.original else None
+        await self.library.save(guild_id, persona, replacing=replacing)
+        log.info("server %s saved character %r", guild_id, persona.name)
+        await interaction.response.send_message(f"Saved **{persona.name}**. "
+                                                f"Use `/persona switch` to play it.",
+                                                ephemeral=True)
+
+    async def _check_name_free(self, guild_id: int, persona: Persona) -> None:
+        same = self.original is not None and \
+            self.original.name.casefold() == persona.name.casefold()
+        if same:
+            return
+        try:
+            await self.library.get(guild_id, persona.name)
+        except UnknownPersonaError:
+            return
+        raise PersonaError(f"a character named {persona.name!r} already exists; "
+                           f"use /persona edit to change it")
+
+
+class RetryView(discord.ui.View):
+    def __init__(self, library: PersonaLibrary, original: Persona | None,
+                 values: dict[str, str]) -> None:
+        super().__init__(timeout=RETRY_SECONDS)
+        self.library = library
+        self.original = original
+        self.values = values
+
+    @discord.ui.button(label="Edit again", style=discord.ButtonStyle.primary)
+    async def edit_again(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await interaction.response.send_modal(
+            PersonaModal(self.library, self.original, self.values))
+
+
+def _field_key(field: discord.ui.TextInput[PersonaModal]) -> str:
+    return field.custom_id  # each field's custom id is its Persona key
+
+
+def _embed(persona: Persona) -> discord.Embed:
+    embed = discord.Embed(title=persona.name, description=_clip(persona.persona, 4096))
+    for label, text in (("Scenario", persona.scenario), ("Greeting", persona.greeting),
+                        ("Example dialogue", persona.example_dialogue)):
+        if text:
+            embed.add_field(name=label, value=_clip(text, EMBED_FIELD_LIMIT), inline=False)
+    return embed
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"

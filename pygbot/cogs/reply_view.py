@@ -1,0 +1,123 @@
+"""The character's reply on Discord, with 🔄 regenerate and ◀ ▶ to browse alternatives.
+
+The buttons use fixed custom ids and the view is registered at start-up without a message,
+so they keep working after a restart: every click finds its turn by the message it sits on.
+Only the character's newest reply carries live buttons; older ones are retired.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+
+from pygbot.chat import ChatService, EmptyReplyError, NothingToRegenerateError
+from pygbot.discord_text import DISCORD_MESSAGE_LIMIT, split_message
+from pygbot.store import StoredTurn
+from pygbot.worker import QueueFullError, WorkerClosedError
+
+log = logging.getLogger(__name__)
+
+PREVIOUS_ID = "pygbot:reply:previous"
+POSITION_ID = "pygbot:reply:position"
+REGENERATE_ID = "pygbot:reply:regenerate"
+NEXT_ID = "pygbot:reply:next"
+NOT_NEWEST = "Only the character's newest reply can be rerolled or browsed."
+
+
+class ReplyControls(discord.ui.View):
+    def __init__(self, chat: ChatService, turn: StoredTurn | None = None) -> None:
+        super().__init__(timeout=None)
+        self.chat = chat
+        if turn is not None:
+            count = max(len(turn.alternatives), 1)
+            self.previous.disabled = turn.chosen <= 0
+            self.next.disabled = turn.chosen >= count - 1
+            self.position.label = f"{turn.chosen + 1}/{count}"
+
+    @discord.ui.button(emoji="◀", style=discord.ButtonStyle.secondary, custom_id=PREVIOUS_ID)
+    async def previous(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await self._browse(interaction, -1)
+
+    @discord.ui.button(label="1/1", style=discord.ButtonStyle.secondary, custom_id=POSITION_ID,
+                       disabled=True)
+    async def position(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await interaction.response.defer()  # a label, never clickable
+
+    @discord.ui.button(emoji="🔄", style=discord.ButtonStyle.primary, custom_id=REGENERATE_ID)
+    async def regenerate(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        if await self._newest_turn(interaction) is None:
+            return
+        await interaction.response.defer()
+        channel = interaction.channel
+        guild_id = interaction.guild_id or 0
+        try:
+            assert isinstance(channel, discord.abc.Messageable)
+            async with channel.typing():
+                turn = await self.chat.regenerate(interaction.channel_id or 0, guild_id)
+        except (EmptyReplyError, NothingToRegenerateError, QueueFullError,
+                WorkerClosedError) as error:
+            await interaction.followup.send(f"Could not regenerate: {error}.", ephemeral=True)
+            return
+        await interaction.edit_original_response(content=shown(turn.text),
+                                                 view=ReplyControls(self.chat, turn))
+
+    @discord.ui.button(emoji="▶", style=discord.ButtonStyle.secondary, custom_id=NEXT_ID)
+    async def next(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
+        await self._browse(interaction, +1)
+
+    async def _browse(self, interaction: discord.Interaction, step: int) -> None:
+        turn = await self._newest_turn(interaction)
+        if turn is None:
+            return
+        index = turn.chosen + step
+        if not 0 <= index < len(turn.alternatives):
+            await interaction.response.defer()
+            return
+        chosen = await self.chat.choose_alternative(turn.id, index)
+        await interaction.response.edit_message(content=shown(chosen.text),
+                                                view=ReplyControls(self.chat, chosen))
+
+    async def _newest_turn(self, interaction: discord.Interaction) -> StoredTurn | None:
+        """The turn under the clicked message if it is the newest reply; else refuse."""
+        message = interaction.message
+        latest = await self.chat.latest_reply(interaction.channel_id or 0)
+        if message is not None and latest is not None and latest.message_id == message.id:
+            return latest
+        await interaction.response.send_message(NOT_NEWEST, ephemeral=True)
+        if message is not None:
+            await _remove_buttons(message)
+        return None
+
+    @staticmethod
+    async def retire(channel: discord.abc.Messageable, turn: StoredTurn | None) -> None:
+        """Take the buttons off an older reply once a newer one is posted."""
+        if turn is None or turn.message_id is None:
+            return
+        if isinstance(channel, discord.TextChannel | discord.Thread | discord.DMChannel):
+            await _remove_buttons(channel.get_partial_message(turn.message_id))
+
+
+async def send_reply(message: discord.Message, turn: StoredTurn, chat: ChatService) -> None:
+    """Post `turn` as a reply to `message`, split to fit, buttons on the last piece."""
+    pieces = split_message(turn.text)
+    sent = message
+    for index, piece in enumerate(pieces):
+        view = ReplyControls(chat, turn) if index == len(pieces) - 1 else discord.utils.MISSING
+        if index == 0:
+            sent = await message.reply(piece, view=view, mention_author=True)
+        else:
+            sent = await message.channel.send(piece, view=view)
+    await chat.attach_message(turn.id, sent.id)
+
+
+def shown(text: str) -> str:
+    """An alternative as one message (an edit cannot add messages), cut to Discord's limit."""
+    return text if len(text) <= DISCORD_MESSAGE_LIMIT else text[:DISCORD_MESSAGE_LIMIT - 1] + "…"
+
+
+async def _remove_buttons(message: discord.Message | discord.PartialMessage) -> None:
+    try:
+        await message.edit(view=None)
+    except discord.HTTPException as error:  # deleted meanwhile, or no longer editable
+        log.debug("could not retire buttons on message %s: %s", message.id, error)

@@ -1,0 +1,62 @@
+"""Text rules of Discord's that the bot follows, as plain functions over `str`.
+
+Kept free of discord.py objects so they are trivial to test and reuse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+DISCORD_MESSAGE_LIMIT = 2000  # characters in one message's content
+_BREAKS = ("\n\n", "\n", ". ", "! ", "? ", "… ", "; ", ", ", " ")
+_USER_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
+_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+
+
+def split_message(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
+    """Split `text` into pieces of at most `limit` characters, preferring paragraph, line,
+    sentence, then word boundaries; a single unbroken run is cut hard as a last resort."""
+    pieces: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        cut = _best_cut(rest, limit)
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def _best_cut(text: str, limit: int) -> int:
+    for separator in _BREAKS:
+        position = text.rfind(separator, 0, limit - len(separator) + 1)
+        if position > limit // 4:  # a cut far from the limit would leave a stub message
+            return position + len(separator.rstrip(" ") or separator)
+    return limit
+
+
+def render_mentions(
+    content: str,
+    *,
+    bot_user_id: int,
+    character_name: str,
+    user_names: Mapping[int, str],
+    role_names: Mapping[int, str],
+    channel_names: Mapping[int, str],
+) -> str:
+    """A member's message as the character should read it: the bot's mention becomes the
+    character's name, other mentions become the names people see."""
+
+    def user(match: re.Match[str]) -> str:
+        user_id = int(match.group(1))
+        if user_id == bot_user_id:
+            return character_name
+        return user_names.get(user_id, "someone")
+
+    text = _USER_MENTION.sub(user, content)
+    text = _ROLE_MENTION.sub(lambda m: "@" + role_names.get(int(m.group(1)), "role"), text)
+    text = _CHANNEL_MENTION.sub(lambda m: "#" + channel_names.get(int(m.group(1)), "channel"),
+                                text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()

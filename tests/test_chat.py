@@ -1,0 +1,202 @@
+"""The Discord-free conversation service, with a real store file and a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from pygbot.chat import Author, ChatConfig, ChatService, EmptyReplyError, NothingToRegenerateError
+from pygbot.engine import Engine, GenerationParams
+from pygbot.library import PersonaLibrary
+from pygbot.store import Store
+from pygbot.worker import Worker
+from tests.scripted_engine import ScriptedEngine
+
+REPO = Path(__file__).resolve().parent.parent
+SAM = Author(7, "Sam")
+BEA = Author(8, "Bea")
+CHANNEL, GUILD = 100, 10
+QUICK = GenerationParams(max_new_tokens=12, temperature=0.7)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with await Store.open(tmp_path / "memory.sqlite3") as opened:
+        yield opened
+
+
+def make_chat(store: Store, engine: Engine | ScriptedEngine, worker: Worker,
+              **config: object) -> ChatService:
+    library = PersonaLibrary.from_dir(store, REPO / "personas", "Aria")
+    settings = ChatConfig(params=QUICK, **config)  # type: ignore[arg-type]
+    return ChatService(store, worker, library, engine.count_tokens, settings, seed=1)
+
+
+@pytest.fixture
+async def scripted(store: Store, count_tokens: Callable[[str], int]
+                   ) -> AsyncIterator[tuple[ChatService, ScriptedEngine]]:
+    engine = ScriptedEngine([], count_tokens)
+    async with Worker(engine) as worker:
+        yield make_chat(store, engine, worker), engine
+
+
+async def test_a_fresh_channel_opens_with_the_greeting_and_stores_both_turns(
+    store: Store, tiny_engine: Engine,
+) -> None:
+    async with Worker(tiny_engine) as worker:
+        chat = make_chat(store, tiny_engine, worker)
+        try:
+            reply = await chat.reply(CHANNEL, GUILD, SAM, "Hello Aria!", message_id=555)
+        except EmptyReplyError:
+            pytest.skip("the random tiny model produced nothing three times")
+    assert reply.greeting is not None and reply.greeting.text.startswith("*the intercom chimes")
+    history = await store.history(CHANNEL)
+    assert [(t.role, t.name) for t in history] == [
+        ("character", "Aria"), ("user", "Sam"), ("character", "Aria")]
+    assert history[1].text == "Hello Aria!" and history[1].message_id == 555
+    assert history[2].text == reply.turn.text and reply.turn.text.strip()
+
+
+async def test_history_survives_a_restart_and_reaches_the_prompt(
+    tmp_path: Path, count_tokens: Callable[[str], int],
+) -> None:
+    path = tmp_path / "restart.sqlite3"
+    engine = ScriptedEngine([" I remember the comet."], count_tokens)
+    async with await Store.open(path) as first, Worker(engine) as worker:
+        await make_chat(first, engine, worker).reply(CHANNEL, GUILD, SAM, "Did you see the comet?")
+    engine.script(" Yes, still.")
+    async with await Store.open(path) as second, Worker(engine) as worker:
+        await make_chat(second, engine, worker).reply(CHANNEL, GUILD, SAM, "Still remember?")
+    last_prompt = engine.requests[-1].prompt
+    assert "You: Did you see the comet?\nAria: I remember the comet.\nYou: Still remember?\nAria:" \
+        in last_prompt
+
+
+async def test_the_reply_is_cut_before_the_model_speaks_for_the_member(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" Sure thing!\nYou: and then I said yes\nAria: great")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "Can you help?")
+    assert reply.turn.text == "Sure thing!"
+    assert "\nYou:" in engine.requests[0].stop_strings
+
+
+async def test_an_empty_reply_is_an_error_and_nothing_is_stored(
+    scripted: tuple[ChatService, ScriptedEngine], store: Store,
+) -> None:
+    chat, engine = scripted
+    engine.script("\nYou: hi", "   ", "\nAria:")
+    with pytest.raises(EmptyReplyError):
+        await chat.reply(CHANNEL, GUILD, SAM, "hello?")
+    assert [t.role for t in await store.history(CHANNEL)] == ["character"]  # the greeting only
+
+
+async def test_a_loop_inside_a_reply_is_trimmed(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" I love the stars. They shine so bright. I love the stars. They shine so")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "What do you love?")
+    assert reply.turn.text == "I love the stars. They shine so bright."
+
+
+async def test_a_near_duplicate_of_a_recent_reply_is_resampled(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" The rings are beautiful tonight, aren't they?")
+    await chat.reply(CHANNEL, GUILD, SAM, "Look outside")
+    engine.script(" The rings are beautiful tonight, aren't they!", " Want to hear some jazz?")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "Yes")
+    assert reply.turn.text == "Want to hear some jazz?"
+    assert len({r.params.seed for r in engine.requests}) == len(engine.requests)  # new seeds
+
+
+async def test_without_the_guard_the_penalty_covers_the_whole_prompt(
+    store: Store, count_tokens: Callable[[str], int],
+) -> None:
+    engine = ScriptedEngine([" a", " b"], count_tokens)
+    async with Worker(engine) as worker:
+        await make_chat(store, engine, worker).reply(CHANNEL, GUILD, SAM, "one")
+        await make_chat(store, engine, worker, repetition_guard=False).reply(
+            CHANNEL + 1, GUILD, SAM, "one")
+    guarded, unguarded = engine.requests
+    assert guarded.prompt[guarded.penalty_from:].startswith("Aria: *the intercom")
+    assert unguarded.penalty_from == 0
+
+
+async def test_regenerate_adds_an_alternative_that_becomes_the_memory(
+    scripted: tuple[ChatService, ScriptedEngine], store: Store,
+) -> None:
+    chat, engine = scripted
+    engine.script(" First answer.", " Second answer, quite different.")
+    first = await chat.reply(CHANNEL, GUILD, SAM, "Tell me something")
+    regenerated = await chat.regenerate(CHANNEL, GUILD)
+    assert regenerated.id == first.turn.id
+    assert regenerated.alternatives == ("First answer.", "Second answer, quite different.")
+    assert (await store.history(CHANNEL))[-1].text == "Second answer, quite different."
+    back = await chat.choose_alternative(first.turn.id, 0)
+    assert (await store.history(CHANNEL))[-1].text == "First answer." == back.text
+    assert "Tell me something\nAria:" in engine.requests[1].prompt
+
+
+async def test_the_greeting_alone_cannot_be_regenerated(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, _ = scripted
+    await chat.start_conversation(CHANNEL, GUILD)
+    with pytest.raises(NothingToRegenerateError):
+        await chat.regenerate(CHANNEL, GUILD)
+
+
+async def test_speaker_names_mode_labels_members_and_stops_at_their_names(
+    store: Store, count_tokens: Callable[[str], int],
+) -> None:
+    engine = ScriptedEngine([" Hi Sam!", " Hi Bea!\nSam: I speak for Sam now"], count_tokens)
+    async with Worker(engine) as worker:
+        chat = make_chat(store, engine, worker, speaker_labels="names")
+        await chat.reply(CHANNEL, GUILD, SAM, "hello")
+        reply = await chat.reply(CHANNEL, GUILD, BEA, "hey there")
+    assert reply.turn.text == "Hi Bea!"
+    prompt = engine.requests[-1]
+    assert "Sam: hello\nAria: Hi Sam!\nBea: hey there\nAria:" in prompt.prompt
+    assert {"\nSam:", "\nBea:", "\nYou:", "\nAria:"} <= set(prompt.stop_strings)
+
+
+async def test_switching_persona_starts_a_new_conversation_with_its_greeting(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" Hello from Aria.", " Ahoy from Rook.")
+    await chat.reply(CHANNEL, GUILD, SAM, "hi")
+    await chat.library.switch(GUILD, "rook")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "who are you?")
+    assert reply.greeting is not None and "Kettle's on" in reply.greeting.text
+    prompt = engine.requests[-1].prompt
+    assert prompt.startswith("Rook's Persona:") and "Hello from Aria" not in prompt
+
+
+async def test_edits_and_deletes_follow_the_message(
+    scripted: tuple[ChatService, ScriptedEngine], store: Store,
+) -> None:
+    chat, engine = scripted
+    engine.script(" Noted.")
+    await chat.reply(CHANNEL, GUILD, SAM, "my name is Sma", message_id=42)
+    await chat.edit_message(42, "my name is Sam")
+    assert [t.text for t in await store.history(CHANNEL)][1] == "my name is Sam"
+    assert await chat.forget_message(42)
+    assert "my name is Sam" not in [t.text for t in await store.history(CHANNEL)]
+
+
+async def test_reset_forgets_the_channel_and_greets_again(
+    scripted: tuple[ChatService, ScriptedEngine], store: Store,
+) -> None:
+    chat, engine = scripted
+    engine.script(" Fine.")
+    await chat.reply(CHANNEL, GUILD, SAM, "hi")
+    greeting = await chat.reset(CHANNEL, GUILD)
+    history = await store.history(CHANNEL)
+    assert greeting is not None and [t.id for t in history] == [greeting.id]

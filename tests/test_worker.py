@@ -1,0 +1,119 @@
+"""The one door to the model: queue, batching, busy, failures, cancellation, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from pygbot.engine import Engine, GenerationParams, GenerationRequest
+from pygbot.worker import QueueFullError, Worker, WorkerClosedError
+from tests.scripted_engine import ScriptedEngine
+
+GREEDY = GenerationParams(max_new_tokens=8, temperature=0.0)
+
+
+def request(text: str, params: GenerationParams = GREEDY) -> GenerationRequest:
+    return GenerationRequest(prompt=f"Aria's Persona: kind.\n<START>\nYou: {text}\nAria:",
+                             stop_strings=("\nYou:",), params=params)
+
+
+async def test_fifty_concurrent_submissions_are_all_answered(tiny_engine: Engine) -> None:
+    async with Worker(tiny_engine, queue_max=64, max_batch=8) as worker:
+        results = await asyncio.gather(*(worker.submit(request(f"message {i}"))
+                                         for i in range(50)))
+    assert len(results) == 50
+    assert all(0 < result.new_tokens <= 8 for result in results)
+    assert worker.stats().requests == 50
+
+
+async def test_batched_replies_match_replies_generated_alone(tiny_engine: Engine) -> None:
+    prompts = [request("hi"), request("a much longer message about the stars and the sea")]
+    async with Worker(tiny_engine, max_batch=1) as alone:
+        expected = [await alone.submit(p) for p in prompts]
+    async with Worker(tiny_engine, max_batch=8) as batched:
+        together = await asyncio.gather(*(batched.submit(p) for p in prompts))
+    assert [r.text for r in together] == [r.text for r in expected]
+
+
+async def test_event_loop_keeps_ticking_during_generation(tiny_engine: Engine) -> None:
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    long_reply = GenerationParams(max_new_tokens=200, temperature=0.0)
+    async with Worker(tiny_engine) as worker:
+        beating = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0)
+        before = ticks
+        await worker.submit(request("tell me a long story", long_reply))
+        during = ticks - before
+        beating.cancel()
+    assert during >= 3  # a blocked loop would not have ticked at all while generating
+
+
+async def test_a_full_queue_answers_busy(tiny_engine: Engine) -> None:
+    async with Worker(tiny_engine, queue_max=2, max_batch=1) as worker:
+        submissions = [asyncio.ensure_future(worker.submit(request(str(i)))) for i in range(4)]
+        outcomes = await asyncio.gather(*submissions, return_exceptions=True)
+    busy = [o for o in outcomes if isinstance(o, QueueFullError)]
+    assert len(busy) == 2
+    assert "already waiting" in str(busy[0])
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 2
+
+
+async def test_an_engine_error_fails_only_that_request(tiny_engine: Engine) -> None:
+    broken = GenerationParams(max_new_tokens=8, temperature=0.7, top_p=-1.0)  # rejected by HF
+    async with Worker(tiny_engine, max_batch=8) as worker:
+        outcomes = await asyncio.gather(
+            worker.submit(request("fine one")), worker.submit(request("broken", broken)),
+            worker.submit(request("fine two")), return_exceptions=True)
+        after = await worker.submit(request("still serving"))
+    assert isinstance(outcomes[1], Exception)
+    assert not isinstance(outcomes[0], BaseException)
+    assert not isinstance(outcomes[2], BaseException)
+    assert after.new_tokens > 0
+    assert worker.stats().failures == 1
+
+
+async def test_a_cancelled_request_is_never_generated(tiny_engine: Engine) -> None:
+    release = threading.Event()
+    engine = ScriptedEngine([" one", " two", " three"], tiny_engine.count_tokens, release)
+    async with Worker(engine, max_batch=1) as worker:
+        first = asyncio.ensure_future(worker.submit(request("first")))
+        withdrawn = asyncio.ensure_future(worker.submit(request("withdrawn")))
+        third = asyncio.ensure_future(worker.submit(request("third")))
+        await asyncio.sleep(0.05)
+        withdrawn.cancel()
+        release.set()
+        assert (await first).text == " one"
+        assert (await third).text == " two"
+    assert [r.prompt.split("You: ")[1].split("\n")[0] for r in engine.requests] == \
+        ["first", "third"]
+
+
+async def test_shutdown_finishes_the_batch_in_progress_and_refuses_the_rest(
+    tiny_engine: Engine,
+) -> None:
+    release = threading.Event()
+    engine = ScriptedEngine([" finished"], tiny_engine.count_tokens, release)
+    worker = Worker(engine, max_batch=1)
+    worker.start()
+    in_progress = asyncio.ensure_future(worker.submit(request("first")))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(worker.submit(request("second")))
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(worker.close())
+    await asyncio.sleep(0.05)
+    release.set()
+    await closing
+    assert (await in_progress).text == " finished"
+    with pytest.raises(WorkerClosedError):
+        await queued
+    with pytest.raises(WorkerClosedError):
+        await worker.submit(request("too late"))
