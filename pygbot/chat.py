@@ -167,7 +167,12 @@ class ChatService:
         return turn is not None and turn.role == "character"
 
     async def latest_reply(self, channel_id: int) -> StoredTurn | None:
-        return await self._store.latest_character_turn(channel_id)
+        """The character's newest turn if it answers a member (the one that has buttons);
+        None when the channel is new or ends with a greeting."""
+        last_two = await self._store.history(channel_id, 2)
+        if len(last_two) == 2 and [t.role for t in last_two] == ["user", "character"]:
+            return last_two[-1]
+        return None
 
     async def reset(self, channel_id: int, guild_id: int) -> StoredTurn | None:
         """Forget the channel's conversation and open a new one with the greeting."""

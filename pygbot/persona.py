@@ -66,7 +66,7 @@ class Persona:
         fields: dict[str, str] = {}
         for key, value in data.items():
             target = key if key in _FIELD_NAMES else _CARD_KEYS.get(key)
-            if target is None or target in fields and key not in _FIELD_NAMES:
+            if target is None or (target in fields and key not in _FIELD_NAMES):
                 continue
             if not isinstance(value, str):
                 raise PersonaError(f"field {key!r} must be text, not {type(value).__name__}")

@@ -59,7 +59,7 @@ class Worker:
         self._max_batch = max_batch
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._in_flight = 0
+        self._live: set[asyncio.Future[GenerationResult]] = set()  # queued or generating
         self._idle = asyncio.Event()
         self._idle.set()
         self._requests = self._failures = self._new_tokens = 0
@@ -78,8 +78,8 @@ class Worker:
 
     @property
     def depth(self) -> int:
-        """Requests waiting plus those being generated right now."""
-        return self._queue.qsize() + self._in_flight
+        """Requests waiting or being generated right now (withdrawn ones do not count)."""
+        return len(self._live)
 
     def stats(self) -> WorkerStats:
         return WorkerStats(self._requests, self._failures, self._new_tokens, self._seconds)
@@ -97,6 +97,8 @@ class Worker:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+        self._live.add(job.future)
+        job.future.add_done_callback(self._live.discard)
         return await job.future
 
     async def close(self) -> None:
@@ -133,7 +135,6 @@ class Worker:
         return [job for job in jobs if not job.future.done()]
 
     async def _run(self, batch: list[_Job]) -> None:
-        self._in_flight = len(batch)
         started = time.perf_counter()
         try:
             results = await asyncio.to_thread(self._engine.generate, [j.request for j in batch])
@@ -154,8 +155,6 @@ class Worker:
             for job, result in zip(batch, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
-        finally:
-            self._in_flight = 0
 
     def _record(self, results: Sequence[GenerationResult], seconds: float) -> None:
         self._requests += len(results)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pygbot.engine import Engine
+from tests.discord_emulator.fixtures import discord_emulator  # noqa: F401  (a fixture)
 from tests.model_factory import build_tiny_model
 
 # Tests never reach a model hub: everything they load is built here.

@@ -41,8 +41,11 @@ class AdminCog(commands.Cog):
         if await refuse_unless_manager(interaction):
             return
         channel = interaction.channel
+        # Discord wants an answer within 3 seconds; the reset waits for any reply being
+        # generated in this channel, so acknowledge first.
+        await interaction.response.defer()
         greeting = await self.chat.reset(interaction.channel_id or 0, interaction.guild_id or 0)
-        await interaction.response.send_message("Memory of this channel cleared.")
+        await interaction.followup.send("Memory of this channel cleared.")
         allowed = isinstance(channel, discord.abc.Messageable) and \
             await self.access.check(channel) is Access.ALLOWED
         if greeting is not None and allowed and isinstance(channel, discord.abc.Messageable):

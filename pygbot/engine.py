@@ -1,0 +1,381 @@
+"""The model: load a causal LM, count its tokens, generate replies for a batch of prompts.
+
+This is the only module that imports torch and transformers. Everything here is synchronous;
+the worker calls `Engine.generate` from a thread so the event loop never waits on the model.
+
+A batch is one `model.generate` call over left-padded prompts. Two pieces are ours rather than
+Hugging Face's, because the built-in versions act on the whole batch or the whole prompt:
+- `StopOnStrings` stops each row at its own stop strings (the next speaker's turn);
+- `WindowedRepetitionPenalty` penalises only the recent conversation and the reply so far, so a
+  character is never pushed away from the words of its own persona.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+DEFAULT_CONTEXT_TOKENS = 2048  # used when a model's config does not say (Pygmalion 1.3B's size)
+STOP_TAIL_SLACK_TOKENS = 8  # decoded beyond the longest stop string, for merges at its edges
+MAX_REASON_CHARS = 200  # an error's reason is cut here so the startup message stays one line
+FIX_MODEL_HINT = (
+    "set MODEL to a local folder that holds config.json and the weights (e.g. one made with "
+    "`huggingface-cli download PygmalionAI/pygmalion-1.3b --local-dir models/pygmalion-1.3b`)"
+)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 160
+    temperature: float = 0.7  # <= 0 means greedy
+    top_p: float = 0.9
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.1  # 1.0 = off
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    # Generation of THIS row stops once its new text contains one of these (e.g. "\nYou:").
+    stop_strings: tuple[str, ...] = ()
+    params: GenerationParams = GenerationParams()
+    # Character offset into `prompt`: the repetition penalty counts only prompt tokens from here
+    # on plus the tokens generated so far, so persona and example dialogue are never penalised.
+    penalty_from: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str  # decoded new tokens only, special tokens skipped, NOT cut at the stop string
+    new_tokens: int
+    seconds: float  # wall time of the generate call this result came from
+
+
+class EngineLoadError(Exception):
+    """The model could not be loaded; the message is one line that says how to fix it."""
+
+
+# --- choosing where and how to run ---------------------------------------------------------------
+
+def resolve_device(device: str) -> str:
+    """"auto" picks CUDA when torch sees a GPU; asking for CUDA without one is an error."""
+    if device not in DEVICES:
+        raise EngineLoadError(f"unknown DEVICE {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EngineLoadError(
+            f"DEVICE is cuda but torch {torch.__version__} sees no CUDA GPU; set DEVICE=cpu "
+            "(or auto), or install a CUDA build of torch")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """"auto" is float16 on a GPU, bfloat16 on CPUs with native bf16 math, else float32."""
+    if dtype not in DTYPES:
+        raise EngineLoadError(f"unknown DTYPE {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "float16"
+    return "bfloat16" if _cpu_has_native_bf16() else "float32"
+
+
+def _cpu_has_native_bf16() -> bool:
+    # Without AVX512-BF16 or AMX, bf16 matmuls are emulated and slower than float32. The probes
+    # are private torch helpers, so a torch without them counts as "no".
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _load_error(model: str, error: BaseException) -> EngineLoadError:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = (lines[0] if lines else type(error).__name__)[:MAX_REASON_CHARS].rstrip(" .:;")
+    if not isinstance(error, LocalFolderError) and not Path(model).expanduser().exists():
+        reason = f"no such local folder, and from the Hugging Face hub: {reason}"
+    return EngineLoadError(f"could not load model {model!r} ({reason}); {FIX_MODEL_HINT}")
+
+
+class LocalFolderError(ValueError):
+    """MODEL names a local path that cannot hold a model."""
+
+
+def _check_local_folder(model: str) -> None:
+    """Fail early, with a plain reason, where transformers would blame a hub id or tokenizer."""
+    path = Path(model).expanduser()
+    if not model.strip():
+        raise LocalFolderError("MODEL is empty")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise LocalFolderError("the folder holds no config.json")
+    if path.exists() and not path.is_dir():
+        raise LocalFolderError("that is a file, not a folder")
+    if not path.exists() and _looks_like_a_path(model):
+        raise LocalFolderError("no such folder")
+
+
+def _looks_like_a_path(model: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else was meant as a place on disk.
+    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
+
+
+def _load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if not tokenizer.is_fast:
+        # The repetition window is mapped from characters to tokens with offset mappings.
+        raise ValueError("the model folder has no fast (tokenizer.json) tokenizer")
+    if tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has no end-of-sequence token")
+    tokenizer.padding_side = "left"  # new tokens must follow each prompt directly
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # pads are masked out, any id will do
+    return tokenizer
+
+
+def _load_model(model: str, device: str, dtype: str) -> PreTrainedModel:
+    if device == "cuda":
+        # accelerate places the layers (and spills to CPU when the GPU is too small).
+        return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype),
+                                                    device_map="auto")
+    return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+
+
+# --- the per-row pieces of generation ------------------------------------------------------------
+
+class StopOnStrings(StoppingCriteria):
+    """Marks a row done once its new text contains one of its own stop strings, or it emits eos.
+
+    It also remembers how many new tokens each row had when it finished: rows that finish early
+    are padded afterwards, and those pads are not part of the reply.
+    """
+
+    def __init__(self, stop_strings: Sequence[tuple[str, ...]], prompt_width: int,
+                 eos_ids: Collection[int], decode: Callable[[list[int]], str]) -> None:
+        self._stop_strings = stop_strings
+        self._prompt_width = prompt_width  # padded prompt length: new tokens start here
+        self._eos_ids = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self._decode = decode
+        # A stop string of n bytes spans at most n byte-level tokens.
+        self._windows = [max((len(s.encode()) for s in stops), default=0) + STOP_TAIL_SLACK_TOKENS
+                         for stops in stop_strings]
+        self._done = torch.zeros(len(stop_strings), dtype=torch.bool)  # (batch,)
+        self._ends = torch.full((len(stop_strings),), -1, dtype=torch.long)  # (batch,)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None,
+                 **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids[:, self._prompt_width:].cpu()  # (batch, steps)
+        finished = (self._hits_eos(new) | self._hits_stop_string(new)) & ~self._done  # (batch,)
+        self._ends[finished] = new.shape[1]
+        self._done |= finished
+        return self._done.to(input_ids.device)  # type: ignore[return-value]
+
+    def new_token_counts(self, steps: int) -> list[int]:
+        """New tokens per row that belong to its reply, given the batch ran `steps` steps."""
+        return torch.where(self._done, self._ends, steps).tolist()
+
+    def _hits_eos(self, new: torch.Tensor) -> torch.Tensor:
+        return torch.isin(new[:, -1], self._eos_ids)  # (batch,)
+
+    def _hits_stop_string(self, new: torch.Tensor) -> torch.Tensor:
+        hits = torch.zeros(new.shape[0], dtype=torch.bool)  # (batch,)
+        for row, stops in enumerate(self._stop_strings):
+            if stops and not self._done[row]:
+                tail = self._decode(new[row, -self._windows[row]:].tolist())
+                hits[row] = any(stop in tail for stop in stops)
+        return hits
+
+
+class WindowedRepetitionPenalty(LogitsProcessor):
+    """The CTRL / Hugging Face repetition penalty, counting only each row's recent tokens.
+
+    A token id is penalised in row b when it occurs in `input_ids[b, starts[b]:]`: the prompt
+    from that row's penalty window on, plus everything generated so far. Left padding sits
+    before every start, so pads never count.
+    """
+
+    def __init__(self, penalty: float, starts: torch.Tensor) -> None:
+        self._penalty = penalty
+        self._starts = starts  # (batch,) first counted position in the padded input
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch, vocab = scores.shape
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
+        starts = self._starts.to(input_ids.device)
+        counted = positions[None, :] >= starts[:, None]  # (batch, seq)
+        # Ids outside the window go to a spare column `vocab`, dropped after the scatter.
+        ids = input_ids.masked_fill(~counted, vocab)  # (batch, seq)
+        seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=scores.device)
+        seen = seen.scatter_(1, ids, True)[:, :vocab]  # (batch, vocab)
+        penalised = torch.where(scores > 0, scores / self._penalty, scores * self._penalty)
+        return torch.where(seen, penalised, scores)  # type: ignore[return-value]
+
+
+def penalty_starts(offsets: torch.Tensor, penalty_from: Sequence[int]) -> torch.Tensor:
+    """Per row, the first padded position whose token ends after its `penalty_from` character.
+
+    offsets: (batch, seq, 2) character spans from the fast tokenizer, (0, 0) for left pads and
+    special tokens, so those never start a window. A window past the prompt's end starts at
+    `seq`: only generated tokens count.
+    """
+    limits = torch.tensor([max(0, offset) for offset in penalty_from])  # (batch,)
+    after = offsets[..., 1] > limits[:, None]  # (batch, seq)
+    first = after.int().argmax(dim=1)  # (batch,) first True, or 0 when there is none
+    return torch.where(after.any(dim=1), first, offsets.shape[1])
+
+
+def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
+    """`generate` arguments for params; greedy passes no sampling knobs (HF warns about them)."""
+    if params.temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p,
+            "top_k": params.top_k}  # top_k=0 switches HF's top-k filter off
+
+
+def group_by_params(requests: Sequence[GenerationRequest]) -> dict[GenerationParams, list[int]]:
+    """Request indices per distinct params, in first-seen order: one generate call each."""
+    groups: dict[GenerationParams, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(request.params, []).append(index)
+    return groups
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Encoded:
+    input_ids: torch.Tensor  # (batch, seq), left-padded
+    attention_mask: torch.Tensor  # (batch, seq), 0 on pads
+    penalty_starts: torch.Tensor  # (batch,)
+
+
+class Engine:
+    def __init__(self, model_name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 device: str, dtype: str) -> None:
+        self.model_name = model_name
+        self.device = device
+        self.dtype = dtype
+        self.context_tokens: int = (getattr(model.config, "max_position_embeddings", None)
+                                    or DEFAULT_CONTEXT_TOKENS)
+        self._model = model
+        self._tokenizer = tokenizer
+        # The Rust tokenizer refuses ("Already borrowed") when one thread changes its padding
+        # while another encodes; count_tokens runs on the event loop while generate() runs in
+        # the worker thread.
+        self._tokenizer_lock = threading.Lock()
+        self._eos_ids = _eos_ids(model, tokenizer)
+
+    @classmethod
+    def load(cls, model: str, device: str = "auto", dtype: str = "auto") -> Engine:
+        """Load a hub id or local folder; any failure is an `EngineLoadError` with a fix."""
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        started = time.perf_counter()
+        try:
+            _check_local_folder(model)
+            tokenizer = _load_tokenizer(model)
+            language_model = _load_model(model, device, dtype)
+        except (OSError, ValueError, KeyError, ImportError) as error:
+            raise _load_error(model, error) from error
+        log.info("loaded %s on %s as %s in %.1f s", model, device, dtype,
+                 time.perf_counter() - started)
+        return cls(model, language_model, tokenizer, device, dtype)
+
+    def count_tokens(self, text: str) -> int:
+        with self._tokenizer_lock:
+            return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Results in request order; one `model.generate` call per distinct params."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for params, indices in group_by_params(requests).items():
+            batch = [requests[index] for index in indices]
+            for index, result in zip(indices, self._generate_batch(batch, params), strict=True):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    def _generate_batch(self, requests: Sequence[GenerationRequest],
+                        params: GenerationParams) -> list[GenerationResult]:
+        started = time.perf_counter()
+        encoded = self._encode(requests)
+        prompt_width = encoded.input_ids.shape[1]
+        stops = StopOnStrings([r.stop_strings for r in requests], prompt_width, self._eos_ids,
+                              self._decode)
+        sequences = self._run_model(encoded, params, stops)  # (batch, prompt_width + steps)
+        new_ids = sequences[:, prompt_width:].cpu()  # (batch, steps)
+        counts = stops.new_token_counts(new_ids.shape[1])
+        texts = [self._decode(row[:count].tolist()) for row, count in zip(new_ids, counts,
+                                                                          strict=True)]
+        seconds = time.perf_counter() - started
+        return [GenerationResult(text, count, seconds)
+                for text, count in zip(texts, counts, strict=True)]
+
+    def _encode(self, requests: Sequence[GenerationRequest]) -> _Encoded:
+        with self._tokenizer_lock:
+            batch = self._tokenizer([r.prompt for r in requests], padding=True,
+                                    return_offsets_mapping=True, return_tensors="pt")
+        if batch["input_ids"].shape[1] == 0:
+            raise ValueError("cannot generate from an empty prompt")
+        starts = penalty_starts(batch["offset_mapping"], [r.penalty_from for r in requests])
+        return _Encoded(batch["input_ids"], batch["attention_mask"], starts)
+
+    def _run_model(self, encoded: _Encoded, params: GenerationParams,
+                   stops: StopOnStrings) -> torch.Tensor:
+        processors = LogitsProcessorList()
+        if params.repetition_penalty != 1.0:
+            processors.append(WindowedRepetitionPenalty(params.repetition_penalty,
+                                                        encoded.penalty_starts))
+        self._warn_if_over_context(encoded.input_ids.shape[1] + params.max_new_tokens)
+        with torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)  # the same seed gives the same text
+            return self._model.generate(  # type: ignore[no-any-return,operator]
+                input_ids=encoded.input_ids.to(self._model.device),
+                attention_mask=encoded.attention_mask.to(self._model.device),
+                max_new_tokens=params.max_new_tokens,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([stops]),
+                pad_token_id=self._tokenizer.pad_token_id,
+                eos_token_id=sorted(self._eos_ids),
+                **sampling_kwargs(params),
+            )
+
+    def _decode(self, token_ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(self._tokenizer.decode(token_ids, skip_special_tokens=True,
+                                              clean_up_tokenization_spaces=False))
+
+    def _warn_if_over_context(self, tokens: int) -> None:
+        if tokens > self.context_tokens:
+            log.warning("prompt + reply is %d tokens, past the model's %d-token context",
+                        tokens, self.context_tokens)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every id that ends a reply: the tokenizer's eos and the model's generation config's."""
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return {int(token_id) for token_id in ids if token_id is not None}
