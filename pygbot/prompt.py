@@ -28,6 +28,9 @@ YOU = "You"
 START = "<START>"
 SPEAKER_LABEL_MAX_CHARS = 32
 TRUNCATION_MARK = " …"
+# No 2048-token prompt holds more than this many characters of one turn; cutting first keeps
+# a hostile multi-megabyte message from costing seconds of tokenizing. (Memory keeps it all.)
+TURN_MAX_CHARS = 16_000
 
 # A line in a member's message that looks like the start of somebody's turn: a few words,
 # then a colon and a space (or the end of the line). URLs ("https://") do not match.
@@ -158,7 +161,7 @@ def _header_lines(persona: Persona, budget: int, count_tokens: CountTokens) -> l
 
 
 def _line(turn: Turn) -> str:
-    return f"{turn.speaker}: {defuse(turn.text)}"
+    return f"{turn.speaker}: {defuse(turn.text[:TURN_MAX_CHARS])}"
 
 
 def _example_blocks(persona: Persona) -> list[list[str]]:

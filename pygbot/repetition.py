@@ -97,7 +97,7 @@ def seq_rep_n(text: str, n: int = 4) -> float:
 
 def distinct_n(texts: Iterable[str], n: int = 2) -> float:
     """Distinct n-grams over all n-grams across `texts` (Li et al. 2016)."""
-    grams = []
+    grams: list[tuple[str, ...]] = []
     for text in texts:
         tokens = words(text)
         grams.extend(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))

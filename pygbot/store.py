@@ -238,16 +238,6 @@ class Store:
             cursor = await _execute(db, "DELETE FROM turns WHERE channel_id = ?", (channel_id,))
         return cursor.rowcount
 
-    async def latest_character_turn(self, channel_id: int) -> StoredTurn | None:
-        async with self._reading() as db:
-            rows = await db.execute_fetchall(
-                f"SELECT {_TURN_COLUMNS} FROM turns WHERE channel_id = ? AND role = 'character' "
-                "ORDER BY id DESC LIMIT 1",
-                (channel_id,),
-            )
-            turns = await _with_alternatives(db, rows)
-        return turns[0] if turns else None
-
     async def add_alternative(self, turn_id: int, text: str) -> StoredTurn:
         """Append a regenerated reply to a character turn and make it the one remembered."""
         async with self._transaction() as db:

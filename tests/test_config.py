@@ -57,6 +57,12 @@ def test_env_example_documents_every_key_with_its_default() -> None:
         assert f"\n{key}={default}\n" in example
 
 
+def test_readme_configuration_table_lists_every_key_with_its_default() -> None:
+    readme = (REPO / "README.md").read_text()
+    for key, default, _help in documented_keys():
+        assert f"| `{key}` | {f'`{default}`' if default else '(empty)'} |" in readme
+
+
 def test_the_token_never_appears_in_the_redacted_settings() -> None:
     settings = Settings.from_env({"DISCORD_TOKEN": "secret-token-value"}, env_file=None)
     assert "secret-token-value" not in repr(settings.redacted())

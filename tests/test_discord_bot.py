@@ -343,7 +343,8 @@ async def test_a_restart_keeps_the_history(
     settings = bot_settings(server, db_path, model=str(tiny_model_dir))
     async with bot_from_settings(server, settings):
         await discord.send_message(server.roleplay, server.member, server.mention("first visit"))
-        await discord.wait_for_message(server.roleplay, lambda m: m.get("message_reference"))
+        await discord.wait_for_message(server.roleplay,
+                                       lambda m: m.get("message_reference") is not None)
     before = await history(db_path, server.roleplay.id)
     async with bot_from_settings(server, settings) as services:
         remembered = await services.store.history(server.roleplay.id)

@@ -23,8 +23,6 @@ from tests.discord_emulator import (
 )
 from tests.discord_emulator.permissions import MANAGE_GUILD, VIEW_CHANNEL
 
-
-
 ACTIVE_COMPRESSION = discord.utils._ActiveDecompressionContext.COMPRESSION_TYPE  # "zlib-stream"
 SetupStep = Callable[[commands.Bot], Awaitable[None]]
 

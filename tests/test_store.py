@@ -334,25 +334,6 @@ async def test_clear_channel_removes_the_alternatives_too(store: Store, db_path:
         assert db.execute("SELECT COUNT(*) FROM alternatives").fetchone()[0] == 0
 
 
-async def test_latest_character_turn_skips_member_turns(store: Store) -> None:
-    await store.add_turns(CHANNEL, [character("old reply"), member("q"), character("new reply"),
-                                    member("follow-up")])
-    await store.add_turns(OTHER_CHANNEL, [character("other channel")])
-
-    latest = await store.latest_character_turn(CHANNEL)
-
-    assert latest is not None
-    assert (latest.text, latest.alternatives) == ("new reply", ("new reply",))
-
-
-async def test_latest_character_turn_of_a_channel_without_replies_is_none(store: Store) -> None:
-    await store.add_turns(CHANNEL, [member("anyone?")])
-    assert await store.latest_character_turn(CHANNEL) is None
-
-
-# --- alternatives -------------------------------------------------------------------------------
-
-
 async def test_add_alternative_appends_and_selects_it(store: Store) -> None:
     [reply] = await store.add_turns(CHANNEL, [character("first")])
 
