@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from pygbot.engine import Engine
+from tests.discord_emulator import DiscordEmulator
 from tests.discord_emulator.fixtures import discord_emulator  # noqa: F401  (a fixture)
+from tests.discord_harness import Server, bot_settings, bot_with_engine, build_server
 from tests.model_factory import build_tiny_model
+from tests.scripted_engine import ScriptedEngine
 
 # Tests never reach a model hub: everything they load is built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,3 +34,26 @@ def tiny_engine(tiny_model_dir: Path) -> Engine:
 def count_tokens(tiny_engine: Engine) -> Callable[[str], int]:
     """The tiny model's real BPE tokenizer (trained on the fly), as the prompt sees it."""
     return tiny_engine.count_tokens
+
+
+# --- Discord: a test server on the emulator, and pygbot connected to it ---------------------
+@pytest.fixture
+def server(discord_emulator: DiscordEmulator) -> Server:  # noqa: F811
+    return build_server(discord_emulator)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "bot.sqlite3"
+
+
+@pytest.fixture
+def scripted(count_tokens: Callable[[str], int]) -> ScriptedEngine:
+    return ScriptedEngine([], count_tokens)
+
+
+@pytest.fixture
+async def scripted_bot(server: Server, db_path: Path,
+                       scripted: ScriptedEngine) -> AsyncIterator[ScriptedEngine]:
+    async with bot_with_engine(server, bot_settings(server, db_path), scripted):
+        yield scripted

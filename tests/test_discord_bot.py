@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -12,41 +11,18 @@ from pygbot.cogs.access import AGE_RESTRICTED_NOTICE, DMS_OFF_NOTICE
 from pygbot.cogs.checks import MANAGE_SERVER_REFUSAL
 from pygbot.engine import Engine
 from pygbot.store import Store
-from tests.discord_emulator import ActionRefusedError, DiscordEmulator
+from tests.discord_emulator import ActionRefusedError
 from tests.discord_harness import (
     Server,
     bot_from_settings,
     bot_settings,
     bot_with_engine,
-    build_server,
     eventually,
 )
 from tests.scripted_engine import ScriptedEngine
 
 ARIA_GREETING = "*the intercom chimes softly*"
 ROOK_GREETING = "*stamps the rain off his boots*"
-
-
-@pytest.fixture
-def server(discord_emulator: DiscordEmulator) -> Server:
-    return build_server(discord_emulator)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "bot.sqlite3"
-
-
-@pytest.fixture
-def scripted(count_tokens: Callable[[str], int]) -> ScriptedEngine:
-    return ScriptedEngine([], count_tokens)
-
-
-@pytest.fixture
-async def scripted_bot(server: Server, db_path: Path,
-                       scripted: ScriptedEngine) -> AsyncIterator[ScriptedEngine]:
-    async with bot_with_engine(server, bot_settings(server, db_path), scripted):
-        yield scripted
 
 
 async def history(db_path: Path, channel_id: int) -> list[tuple[str, str]]:

@@ -3,47 +3,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pygbot.cogs.reply_view import NEXT_ID, NOT_NEWEST, PREVIOUS_ID, REGENERATE_ID
 from pygbot.store import Store
-from tests.discord_emulator import DiscordEmulator
 from tests.discord_harness import (
     Server,
     bot_settings,
     bot_with_engine,
-    build_server,
     eventually,
 )
 from tests.scripted_engine import ScriptedEngine
 
 JSON = dict[str, Any]
-
-
-@pytest.fixture
-def server(discord_emulator: DiscordEmulator) -> Server:
-    return build_server(discord_emulator)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "bot.sqlite3"
-
-
-@pytest.fixture
-def scripted(count_tokens: Callable[[str], int]) -> ScriptedEngine:
-    return ScriptedEngine([], count_tokens)
-
-
-@pytest.fixture
-async def scripted_bot(server: Server, db_path: Path,
-                       scripted: ScriptedEngine) -> AsyncIterator[ScriptedEngine]:
-    async with bot_with_engine(server, bot_settings(server, db_path), scripted):
-        yield scripted
 
 
 async def remembered(db_path: Path, channel_id: int) -> list[str]:
