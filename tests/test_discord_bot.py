@@ -339,3 +339,24 @@ async def test_the_admin_can_still_act_when_discord_permissions_are_the_only_gat
         pytest.fail("Discord itself should not refuse /persona delete to members")
     await handle.response()
     assert handle.message is not None and handle.message["content"] == MANAGE_SERVER_REFUSAL
+
+
+async def test_a_discord_error_on_posting_loses_nothing_and_the_bot_carries_on(
+    server: Server, db_path: Path, scripted_bot: ScriptedEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    discord = server.discord
+    scripted_bot.script(" First answer.", " Refused by Discord.", " Third answer.")
+    await discord.send_message(server.roleplay, server.member, server.mention("one"))
+    await discord.wait_for_message(server.roleplay, lambda m: m["content"] == "First answer.")
+    discord.fail_next("POST /channels/{channel_id}/messages", status=403, code=50013,
+                      message="Missing Permissions")
+    await discord.send_message(server.roleplay, server.member, server.mention("two"))
+
+    async def kept() -> bool:
+        return ("Aria", "Refused by Discord.") in await history(db_path, server.roleplay.id)
+
+    await eventually(kept)
+    await discord.send_message(server.roleplay, server.member, server.mention("three"))
+    await discord.wait_for_message(server.roleplay, lambda m: m["content"] == "Third answer.")
+    assert "could not post the reply" in caplog.text and "Missing Permissions" in caplog.text

@@ -99,15 +99,25 @@ class ReplyControls(discord.ui.View):
 
 
 async def send_reply(message: discord.Message, turn: StoredTurn, chat: ChatService) -> None:
-    """Post `turn` as a reply to `message`, split to fit, buttons on the last piece."""
+    """Post `turn` as a reply to `message`, split to fit, buttons on the last piece.
+
+    If Discord refuses (missing permissions, an outage), the turn stays in memory and the
+    failure is logged in one line; the conversation goes on.
+    """
     pieces = split_message(turn.text)
-    sent = message
-    for index, piece in enumerate(pieces):
-        view = ReplyControls(chat, turn) if index == len(pieces) - 1 else discord.utils.MISSING
-        if index == 0:
-            sent = await message.reply(piece, view=view, mention_author=True)
-        else:
-            sent = await message.channel.send(piece, view=view)
+    try:
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            sent = await message.channel.send(
+                piece,
+                view=ReplyControls(chat, turn) if last else discord.utils.MISSING,
+                # The member may delete their message while the reply is generated.
+                reference=message.to_reference(fail_if_not_exists=False) if index == 0 else None,
+                mention_author=True if index == 0 else None,
+            )
+    except discord.HTTPException as error:
+        log.warning("could not post the reply in channel %s: %s", message.channel.id, error)
+        return
     await chat.attach_message(turn.id, sent.id)
 
 
