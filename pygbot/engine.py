@@ -184,7 +184,7 @@ class StopOnStrings(StoppingCriteria):
         self._done = torch.zeros(len(stop_strings), dtype=torch.bool)  # (batch,)
         self._ends = torch.full((len(stop_strings),), -1, dtype=torch.long)  # (batch,)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None,
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None,
                  **kwargs: Any) -> torch.BoolTensor:
         new = input_ids[:, self._prompt_width:].cpu()  # (batch, steps)
         finished = (self._hits_eos(new) | self._hits_stop_string(new)) & ~self._done  # (batch,)
@@ -213,14 +213,15 @@ class WindowedRepetitionPenalty(LogitsProcessor):
 
     A token id is penalised in row b when it occurs in `input_ids[b, starts[b]:]`: the prompt
     from that row's penalty window on, plus everything generated so far. Left padding sits
-    before every start, so pads never count.
+    before every start, so pads never count. transformers runs processors passed to generate()
+    before its temperature/top-k/top-p warpers, so the penalty shapes what top-p keeps.
     """
 
     def __init__(self, penalty: float, starts: torch.Tensor) -> None:
         self._penalty = penalty
         self._starts = starts  # (batch,) first counted position in the padded input
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         batch, vocab = scores.shape
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
         starts = self._starts.to(input_ids.device)
@@ -230,7 +231,7 @@ class WindowedRepetitionPenalty(LogitsProcessor):
         seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=scores.device)
         seen = seen.scatter_(1, ids, True)[:, :vocab]  # (batch, vocab)
         penalised = torch.where(scores > 0, scores / self._penalty, scores * self._penalty)
-        return torch.where(seen, penalised, scores)  # type: ignore[return-value]
+        return torch.where(seen, penalised, scores)
 
 
 def penalty_starts(offsets: torch.Tensor, penalty_from: Sequence[int]) -> torch.Tensor:
@@ -336,7 +337,8 @@ class Engine:
         with self._tokenizer_lock:
             batch = self._tokenizer([r.prompt for r in requests], padding=True,
                                     return_offsets_mapping=True, return_tensors="pt")
-        if batch["input_ids"].shape[1] == 0:
+        if batch["input_ids"].shape[1] == 0 or not batch["attention_mask"].any(dim=1).all():
+            # A row of nothing but pads has nothing to attend to.
             raise ValueError("cannot generate from an empty prompt")
         starts = penalty_starts(batch["offset_mapping"], [r.penalty_from for r in requests])
         return _Encoded(batch["input_ids"], batch["attention_mask"], starts)
@@ -351,7 +353,7 @@ class Engine:
         with torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)  # the same seed gives the same text
-            return self._model.generate(  # type: ignore[no-any-return,operator]
+            return self._model.generate(  # type: ignore[operator]
                 input_ids=encoded.input_ids.to(self._model.device),
                 attention_mask=encoded.attention_mask.to(self._model.device),
                 max_new_tokens=params.max_new_tokens,

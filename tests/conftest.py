@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+
+# Tests never reach a model hub: everything they load is built here. huggingface_hub reads
+# these once, on import, so they are set before anything imports it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,10 +20,6 @@ from tests.discord_emulator.fixtures import discord_emulator  # noqa: F401  (a f
 from tests.discord_harness import Server, bot_settings, bot_with_engine, build_server
 from tests.model_factory import build_tiny_model
 from tests.scripted_engine import ScriptedEngine
-
-# Tests never reach a model hub: everything they load is built here.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
