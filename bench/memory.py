@@ -25,6 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pygbot.engine import Engine, GenerationParams, GenerationRequest  # noqa: E402
+from tests.model_factory import build_pythia_shaped_model  # noqa: E402
+
 CACHE = REPO / "bench" / ".cache"
 PROMPT_TOKENS = 1800
 NEW_TOKENS = 32
@@ -45,8 +48,6 @@ def peak_bytes() -> int:
 
 def measure(model_dir: Path, dtype: str) -> dict[str, float]:
     """Runs in a fresh process, so the numbers are this dtype's alone."""
-    from pygbot.engine import Engine, GenerationParams, GenerationRequest
-
     baseline = resident_bytes()
     started = time.perf_counter()
     engine = Engine.load(str(model_dir), device="cpu", dtype=dtype)
@@ -71,8 +72,6 @@ def measure(model_dir: Path, dtype: str) -> dict[str, float]:
 
 
 def build_model() -> Path:
-    from tests.model_factory import build_pythia_shaped_model
-
     model_dir = CACHE / "pythia-1.3b-shape"
     if not (model_dir / "config.json").exists():
         print(f"building a pythia-1.3b-shaped model in {model_dir} (once) ...", flush=True)
