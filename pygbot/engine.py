@@ -32,10 +32,9 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-log = logging.getLogger(__name__)
+from pygbot.config import DEVICES, DTYPES
 
-DEVICES = ("auto", "cuda", "cpu")
-DTYPES = ("auto", "float16", "bfloat16", "float32")
+log = logging.getLogger(__name__)
 DEFAULT_CONTEXT_TOKENS = 2048  # used when a model's config does not say (Pygmalion 1.3B's size)
 STOP_TAIL_SLACK_TOKENS = 8  # decoded beyond the longest stop string, for merges at its edges
 MAX_REASON_CHARS = 200  # an error's reason is cut here so the startup message stays one line
