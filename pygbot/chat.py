@@ -124,7 +124,7 @@ class ChatService:
     async def start_conversation(self, channel_id: int, guild_id: int) -> StoredTurn | None:
         """Store the active character's greeting if the channel's conversation is new."""
         async with self._locks[channel_id]:
-            persona = await self._library.active(guild_id)
+            persona = await self._library.active(guild_id, channel_id)
             return await self._greet_if_new(channel_id, persona)
 
     async def reply(
@@ -133,7 +133,7 @@ class ChatService:
     ) -> ChatReply:
         """The character's answer to `text`; both turns are stored in one transaction."""
         async with self._locks[channel_id]:
-            persona = await self._library.active(guild_id)
+            persona = await self._library.active(guild_id, channel_id)
             greeting = await self._greet_if_new(channel_id, persona)
             history = await self._conversation(channel_id, persona)
             turns = [*self._turns(history, persona), self._turn(author.display_name, text, persona)]
@@ -147,7 +147,7 @@ class ChatService:
     async def regenerate(self, channel_id: int, guild_id: int) -> StoredTurn:
         """A new alternative for the character's latest reply; it becomes the one remembered."""
         async with self._locks[channel_id]:
-            persona = await self._library.active(guild_id)
+            persona = await self._library.active(guild_id, channel_id)
             history = await self._conversation(channel_id, persona)
             if len(history) < 2 or history[-1].role != "character" or history[-2].role != "user":
                 raise NothingToRegenerateError("there is no reply to regenerate here")
@@ -179,7 +179,8 @@ class ChatService:
         async with self._locks[channel_id]:
             removed = await self._store.clear_channel(channel_id)
             log.info("reset channel %s: %d turns forgotten", channel_id, removed)
-            return await self._greet_if_new(channel_id, await self._library.active(guild_id))
+            persona = await self._library.active(guild_id, channel_id)
+            return await self._greet_if_new(channel_id, persona)
 
     async def attach_message(self, turn_id: int, message_id: int) -> None:
         """Remember which Discord message shows a turn, so edits and deletes can follow it."""

@@ -70,8 +70,9 @@ class PersonaLibrary:
                 return persona
         raise UnknownPersonaError(name)
 
-    async def active(self, guild_id: int) -> Persona:
-        name = await self._store.active_persona(guild_id)
+    async def active(self, guild_id: int, channel_id: int | None = None) -> Persona:
+        """The channel's own character if it has one, else the server's, else the default."""
+        name = await self._store.active_persona(guild_id, channel_id)
         if name is None:
             return self.default
         try:
@@ -81,20 +82,18 @@ class PersonaLibrary:
                         name, guild_id, self.default.name)
             return self.default
 
-    async def switch(self, guild_id: int, name: str) -> Persona:
+    async def switch(self, guild_id: int, name: str, channel_id: int | None = None) -> Persona:
+        """Play `name` in the whole server, or with `channel_id` in that channel only."""
         persona = await self.get(guild_id, name)
-        await self._store.set_active_persona(guild_id, persona.name)
+        await self._store.set_active_persona(guild_id, persona.name, channel_id)
         return persona
 
     async def save(self, guild_id: int, persona: Persona, replacing: str | None = None) -> Persona:
         """Create or edit a server character; `replacing` is the name it had before an edit."""
-        was_active = (await self.active(guild_id)).name.casefold()
         await self._store.save_custom_persona(guild_id, persona)
-        renamed = replacing is not None and replacing.casefold() != persona.name.casefold()
-        if renamed and replacing is not None:
+        if replacing is not None and replacing.casefold() != persona.name.casefold():
             await self._store.delete_custom_persona(guild_id, replacing)
-            if was_active == replacing.casefold():
-                await self._store.set_active_persona(guild_id, persona.name)
+            await self._store.rename_persona_choices(guild_id, replacing, persona.name)
         return persona
 
     async def delete(self, guild_id: int, name: str) -> Persona:

@@ -82,6 +82,15 @@ MIGRATIONS: tuple[str, ...] = (
         allow_all_channels  INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 2: a channel (or thread) may play its own character instead of the server's.
+    """
+    CREATE TABLE channel_personas (
+        channel_id    INTEGER PRIMARY KEY,
+        guild_id      INTEGER NOT NULL,
+        persona_name  TEXT    NOT NULL
+    );
+    CREATE INDEX channel_personas_by_guild ON channel_personas (guild_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -263,20 +272,42 @@ class Store:
 
     # --- personas -------------------------------------------------------------------------------
 
-    async def active_persona(self, guild_id: int) -> str | None:
-        """The name of the server's chosen character; None when it never chose one."""
+    async def active_persona(self, guild_id: int, channel_id: int | None = None) -> str | None:
+        """The character chosen for the channel, else for the server; None if neither chose."""
         async with self._reading() as db:
             rows = list(await db.execute_fetchall(
-                "SELECT persona_name FROM guild_personas WHERE guild_id = ?", (guild_id,)))
+                "SELECT persona_name FROM channel_personas WHERE channel_id = ? "
+                "UNION ALL SELECT persona_name FROM guild_personas WHERE guild_id = ? LIMIT 1",
+                (channel_id, guild_id)))
         return cast(str, rows[0][0]) if rows else None
 
-    async def set_active_persona(self, guild_id: int, name: str) -> None:
+    async def set_active_persona(self, guild_id: int, name: str,
+                                 channel_id: int | None = None) -> None:
+        """Choose the server's character (clearing every channel's own choice), or with
+        `channel_id` only that channel's."""
         async with self._transaction() as db:
+            if channel_id is not None:
+                await db.execute(
+                    "INSERT INTO channel_personas (channel_id, guild_id, persona_name) "
+                    "VALUES (?, ?, ?) ON CONFLICT (channel_id) "
+                    "DO UPDATE SET persona_name = excluded.persona_name",
+                    (channel_id, guild_id, name))
+                return
+            await db.execute("DELETE FROM channel_personas WHERE guild_id = ?", (guild_id,))
             await db.execute(
                 "INSERT INTO guild_personas (guild_id, persona_name) VALUES (?, ?) "
                 "ON CONFLICT (guild_id) DO UPDATE SET persona_name = excluded.persona_name",
                 (guild_id, name),
             )
+
+    async def rename_persona_choices(self, guild_id: int, old_name: str, new_name: str) -> None:
+        """Where the server or its channels chose `old_name`, they now play `new_name`."""
+        async with self._transaction() as db:
+            for table in ("guild_personas", "channel_personas"):
+                await db.execute(
+                    f"UPDATE {table} SET persona_name = ? "
+                    "WHERE guild_id = ? AND persona_name = ? COLLATE NOCASE",
+                    (new_name, guild_id, old_name))
 
     async def custom_personas(self, guild_id: int) -> list[Persona]:
         """The server's own characters, by case-folded name. A row that no longer passes

@@ -124,7 +124,8 @@ async def test_switching_persona_posts_the_greeting_and_changes_the_next_reply(
     switch = await discord.run_slash_command(server.roleplay, server.admin, "persona switch",
                                              options={"name": "rook"})
     await switch.response()
-    assert switch.message is not None and "**Rook** takes over" in switch.message["content"]
+    assert switch.message is not None
+    assert switch.message["content"] == "**Rook** takes over in this server."
     await discord.wait_for_message(server.roleplay, lambda m: m["content"].startswith(
         ROOK_GREETING))
     scripted_bot.script(" Aye, the storm's a bad one.")
@@ -360,3 +361,22 @@ async def test_a_discord_error_on_posting_loses_nothing_and_the_bot_carries_on(
     await discord.send_message(server.roleplay, server.member, server.mention("three"))
     await discord.wait_for_message(server.roleplay, lambda m: m["content"] == "Third answer.")
     assert "could not post the reply" in caplog.text and "Missing Permissions" in caplog.text
+
+
+async def test_a_channel_can_play_its_own_character(
+    server: Server, scripted_bot: ScriptedEngine,
+) -> None:
+    discord = server.discord
+    switch = await discord.run_slash_command(server.roleplay_two, server.admin, "persona switch",
+                                             options={"name": "Pip", "channel_only": True})
+    await switch.response()
+    assert switch.message is not None
+    assert switch.message["content"] == "**Pip** takes over in this channel."
+    scripted_bot.script(" A song for you!", " Hello from the ship.")
+    await discord.send_message(server.roleplay_two, server.member, server.mention("sing?"))
+    await discord.wait_for_message(server.roleplay_two, lambda m: m["content"] == "A song for you!")
+    await discord.send_message(server.roleplay, server.member, server.mention("hi"))
+    await discord.wait_for_message(server.roleplay,
+                                   lambda m: m["content"] == "Hello from the ship.")
+    assert scripted_bot.requests[0].prompt.startswith("Pip's Persona:")
+    assert scripted_bot.requests[1].prompt.startswith("Aria's Persona:")

@@ -479,3 +479,23 @@ async def test_allow_all_channels_persists_per_server(db_path: Path) -> None:
     async with await Store.open(db_path) as store:
         assert (await store.guild_settings(GUILD)).allow_all_channels is True
         assert (await store.guild_settings(OTHER_GUILD)).allow_all_channels is False
+
+
+async def test_a_channel_choice_overrides_the_server_until_the_server_switches(
+    store: Store,
+) -> None:
+    await store.set_active_persona(GUILD, "Aria")
+    await store.set_active_persona(GUILD, "Pip", channel_id=CHANNEL)
+    assert await store.active_persona(GUILD, CHANNEL) == "Pip"
+    assert await store.active_persona(GUILD, OTHER_CHANNEL) == "Aria"
+    assert await store.active_persona(GUILD) == "Aria"
+    await store.set_active_persona(GUILD, "Rook")
+    assert await store.active_persona(GUILD, CHANNEL) == "Rook"
+
+
+async def test_renaming_a_character_follows_every_place_that_chose_it(store: Store) -> None:
+    await store.set_active_persona(GUILD, "Mira")
+    await store.set_active_persona(GUILD, "mira", channel_id=CHANNEL)
+    await store.rename_persona_choices(GUILD, "MIRA", "Mirabel")
+    assert await store.active_persona(GUILD) == "Mirabel"
+    assert await store.active_persona(GUILD, CHANNEL) == "Mirabel"

@@ -56,7 +56,8 @@ class AdminCog(commands.Cog):
     async def status(self, interaction: discord.Interaction) -> None:
         """Show the model, device, queue and speed."""
         stats = self.worker.stats()
-        persona = await self.chat.library.active(interaction.guild_id or 0)
+        persona = await self.chat.library.active(interaction.guild_id or 0,
+                                                 interaction.channel_id)
         settings = await self.store.guild_settings(interaction.guild_id or 0)
         lines = [
             f"**Model:** {self.model.name}",

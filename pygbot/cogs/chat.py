@@ -112,7 +112,7 @@ class ChatCog(commands.Cog):
     async def _as_text(self, message: discord.Message) -> str:
         me = self.bot.user
         guild = message.guild
-        persona = await self.chat.library.active(guild.id if guild else 0)
+        persona = await self.chat.library.active(guild.id if guild else 0, message.channel.id)
         return render_mentions(
             message.content,
             bot_user_id=me.id if me else 0,

@@ -41,7 +41,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
     async def list_(self, interaction: discord.Interaction) -> None:
         """List the characters this server can use."""
         guild_id = interaction.guild_id or 0
-        active = (await self.library.active(guild_id)).name
+        active = (await self.library.active(guild_id, interaction.channel_id)).name
         lines = [f"**{p.name}**{' (playing now)' if p.name == active else ''}"
                  f"{'' if self.library.is_builtin(p.name) else ' · made here'}"
                  for p in await self.library.all(guild_id)]
@@ -54,25 +54,30 @@ class PersonaCog(commands.GroupCog, group_name="persona",
         guild_id = interaction.guild_id or 0
         try:
             persona = await (self.library.get(guild_id, name) if name
-                             else self.library.active(guild_id))
+                             else self.library.active(guild_id, interaction.channel_id))
         except UnknownPersonaError as error:
             await interaction.response.send_message(f"{error}.", ephemeral=True)
             return
         await interaction.response.send_message(embed=_embed(persona), ephemeral=True)
 
     @app_commands.command()
-    @app_commands.describe(name="Character to play from now on")
-    async def switch(self, interaction: discord.Interaction, name: str) -> None:
-        """Switch the character the bot plays in this server (Manage Server)."""
+    @app_commands.describe(name="Character to play from now on",
+                           channel_only="Only in this channel; the rest of the server keeps "
+                                        "its character")
+    async def switch(self, interaction: discord.Interaction, name: str,
+                     channel_only: bool = False) -> None:
+        """Switch the character the bot plays in this server or channel (Manage Server)."""
         if await refuse_unless_manager(interaction):
             return
         guild_id = interaction.guild_id or 0
+        channel_id = interaction.channel_id if channel_only else None
         try:
-            persona = await self.library.switch(guild_id, name)
+            persona = await self.library.switch(guild_id, name, channel_id)
         except UnknownPersonaError as error:
             await interaction.response.send_message(f"{error}.", ephemeral=True)
             return
-        await interaction.response.send_message(f"**{persona.name}** takes over from here.")
+        where = "in this channel" if channel_only else "in this server"
+        await interaction.response.send_message(f"**{persona.name}** takes over {where}.")
         await self._greet(interaction)
 
     @app_commands.command()
