@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 HISTORY_ROWS = 200  # more than any 2048-token prompt can hold; the budget decides what is used
 SEED_RANGE = 2**31
+# A resample at the same temperature tends to return the same words (at 0.3, three identical
+# replies were measured); each retry samples a little hotter instead.
+RETRY_TEMPERATURE_STEP = 0.3
+MAX_RETRY_TEMPERATURE = 1.5
 
 
 class EmptyReplyError(RuntimeError):
@@ -59,7 +63,7 @@ class ChatConfig:
     repetition_guard: bool = True
     repetition_retries: int = 2
     near_duplicate_threshold: float = 0.75
-    repetition_window_tokens: int = 256
+    repetition_window_tokens: int = 1024
 
     @classmethod
     def from_settings(
@@ -229,7 +233,7 @@ class ChatService:
         attempts = 1 + (config.repetition_retries if config.repetition_guard else 0)
         candidates: list[tuple[float, str]] = []
         for attempt in range(attempts):
-            text = await self._sample(persona, prompt)
+            text = await self._sample(persona, prompt, attempt)
             if not text:
                 continue
             score = max_similarity(text, recent[-RECENT_REPLIES:])
@@ -242,8 +246,12 @@ class ChatService:
             return min(candidates)[1]
         raise EmptyReplyError("the model produced an empty reply")
 
-    async def _sample(self, persona: Persona, prompt: RenderedPrompt) -> str:
-        params = replace(self._config.params, seed=self._rng.randrange(SEED_RANGE))
+    async def _sample(self, persona: Persona, prompt: RenderedPrompt, attempt: int) -> str:
+        params = self._config.params
+        if attempt and params.temperature > 0:
+            hotter = params.temperature + RETRY_TEMPERATURE_STEP * attempt
+            params = replace(params, temperature=min(hotter, MAX_RETRY_TEMPERATURE))
+        params = replace(params, seed=self._rng.randrange(SEED_RANGE))
         # Without the guard the penalty covers the whole prompt, as transformers' own
         # repetition_penalty does: the persona's name and facts are punished too.
         penalty_from = prompt.penalty_from if self._config.repetition_guard else 0

@@ -44,7 +44,7 @@ class Settings:
     top_p: float = 0.9
     top_k: int = 0
     repetition_penalty: float = 1.12
-    repetition_window_tokens: int = 256
+    repetition_window_tokens: int = 1024
     repetition_guard: bool = True
     repetition_retries: int = 2
     near_duplicate_threshold: float = 0.75

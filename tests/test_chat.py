@@ -113,6 +113,8 @@ async def test_a_near_duplicate_of_a_recent_reply_is_resampled(
     reply = await chat.reply(CHANNEL, GUILD, SAM, "Yes")
     assert reply.turn.text == "Want to hear some jazz?"
     assert len({r.params.seed for r in engine.requests}) == len(engine.requests)  # new seeds
+    first_try, retry = engine.requests[-2:]
+    assert retry.params.temperature > first_try.params.temperature  # and a hotter one
 
 
 async def test_without_the_guard_the_penalty_covers_the_whole_prompt(
