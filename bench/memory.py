@@ -98,8 +98,8 @@ def main() -> None:
     print(f"\n{'':24}{'bfloat16':>12}{'float32':>12}{'bf16/fp32':>12}")
     for key, label in (("resident_gib", "RSS after reply (GiB)"), ("peak_gib", "peak RSS (GiB)"),
                        ("load_seconds", "load (s)"), ("reply_seconds", "reply (s)")):
-        bf16, fp32 = results["bfloat16"][key], results["float32"][key]
-        print(f"{label:24}{bf16:12.2f}{fp32:12.2f}{bf16 / fp32:12.2f}")
+        low, full = results["bfloat16"][key], results["float32"][key]
+        print(f"{label:24}{low:12.2f}{full:12.2f}{low / full:12.2f}")
     bf16, fp32 = results["bfloat16"], results["float32"]
     print(f"reply = {bf16['prompt_tokens']:.0f}-token prompt + {bf16['new_tokens']:.0f} new tokens,"
           f" {os.cpu_count()} CPU cores")

@@ -108,13 +108,14 @@ async def send_reply(message: discord.Message, turn: StoredTurn, chat: ChatServi
     try:
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
-            sent = await message.channel.send(
-                piece,
-                view=ReplyControls(chat, turn) if last else discord.utils.MISSING,
+            view = ReplyControls(chat, turn) if last else discord.utils.MISSING
+            if index == 0:
                 # The member may delete their message while the reply is generated.
-                reference=message.to_reference(fail_if_not_exists=False) if index == 0 else None,
-                mention_author=True if index == 0 else None,
-            )
+                reference = message.to_reference(fail_if_not_exists=False)
+                sent = await message.channel.send(piece, view=view, reference=reference,
+                                                  mention_author=True)
+            else:
+                sent = await message.channel.send(piece, view=view)
     except discord.HTTPException as error:
         log.warning("could not post the reply in channel %s: %s", message.channel.id, error)
         return
