@@ -490,20 +490,23 @@ class RestApi:
         body, files = await self.read_body(request)
         if stored.author_id != self.emulator.bot_user.id or stored.payload.get("webhook_id"):
             raise ApiError(403, 50005, "Cannot edit a message authored by another user")
+        return await self._apply_message_edit(stored, body, files, webhook=False)
+
+    async def _apply_message_edit(
+        self, stored: StoredMessage, body: JSON, files: list[Upload], *, webhook: bool
+    ) -> web.Response:
+        """Validate an edit, apply it as Discord would and dispatch MESSAGE_UPDATE."""
         validate_message(body, files=len(files), creating=False)
         changes = dict(body)
         if "attachments" in body or files:
+            channel = self.emulator.world.channel(stored.channel_id)
             changes["attachments"] = self.attachments_for(
                 channel, body, files, stored.payload.get("attachments") or []
             )
         if not has_substance({**stored.payload, **changes}):
             raise empty_message()
-        apply_edit(
-            self.emulator.world,
-            stored,
-            changes,
-            MentionPolicy.from_request(body.get("allowed_mentions")),
-        )
+        policy = MentionPolicy.from_request(body.get("allowed_mentions"), webhook=webhook)
+        apply_edit(self.emulator.world, stored, changes, policy)
         await self.emulator.events.message_updated(stored)
         return json_response(stored.payload)
 
@@ -792,23 +795,7 @@ class RestApi:
             stored = await interactions.edit(hook_id, token, ref, body, files)
             return json_response(stored.payload)
         stored = self._webhook_message(request)
-        validate_message(body, files=len(files), creating=False)
-        changes = dict(body)
-        if "attachments" in body or files:
-            channel = self.emulator.world.channel(stored.channel_id)
-            changes["attachments"] = self.attachments_for(
-                channel, body, files, stored.payload.get("attachments") or []
-            )
-        if not has_substance({**stored.payload, **changes}):
-            raise empty_message()
-        apply_edit(
-            self.emulator.world,
-            stored,
-            changes,
-            MentionPolicy.from_request(body.get("allowed_mentions"), webhook=True),
-        )
-        await self.emulator.events.message_updated(stored)
-        return json_response(stored.payload)
+        return await self._apply_message_edit(stored, body, files, webhook=True)
 
     async def delete_webhook_message(self, request: web.Request) -> web.Response:
         stored = self._webhook_message(request)
