@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -255,11 +255,14 @@ def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
 
 
 def group_by_params(requests: Sequence[GenerationRequest]) -> dict[GenerationParams, list[int]]:
-    """Request indices per distinct params, in first-seen order: one generate call each."""
+    """Request indices per distinct sampling params, in first-seen order: one generate call
+    each. Seeds do not split a batch (the chat gives every request its own, and one seed
+    per call would end batching); a batch is seeded with its first request's seed."""
     groups: dict[GenerationParams, list[int]] = {}
     for index, request in enumerate(requests):
-        groups.setdefault(request.params, []).append(index)
-    return groups
+        groups.setdefault(replace(request.params, seed=None), []).append(index)
+    return {replace(key, seed=requests[indices[0]].params.seed): indices
+            for key, indices in groups.items()}
 
 
 # --- the engine ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pygbot.engine import (
     GenerationParams,
     GenerationRequest,
     WindowedRepetitionPenalty,
+    group_by_params,
     penalty_starts,
     resolve_device,
     resolve_dtype,
@@ -291,3 +292,12 @@ def prompt_tokens(model_dir: Path, prompt: str, since: int) -> set[str]:
 def test_an_empty_prompt_is_refused(tiny_engine: Engine) -> None:
     with pytest.raises(ValueError, match="empty prompt"):
         tiny_engine.generate([greedy(PROMPT), greedy("")])
+
+
+def test_requests_that_differ_only_in_seed_share_one_batch() -> None:
+    prompts = [GenerationRequest(prompt=f"hi {i}", params=GenerationParams(seed=i))
+               for i in range(3)]
+    other = GenerationRequest(prompt="x", params=GenerationParams(temperature=0.1, seed=9))
+    groups = group_by_params([*prompts, other])
+    assert list(groups.values()) == [[0, 1, 2], [3]]
+    assert [key.seed for key in groups] == [0, 9]  # seeded by the batch's first request
