@@ -11,6 +11,7 @@ from discord.ext import commands
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.cogs.checks import refuse_unless_manager
+from pygbot.cogs.reply_view import post_greeting
 from pygbot.store import Store
 from pygbot.worker import Worker
 
@@ -46,11 +47,9 @@ class AdminCog(commands.Cog):
         await interaction.response.defer()
         greeting = await self.chat.reset(interaction.channel_id or 0, interaction.guild_id or 0)
         await interaction.followup.send("Memory of this channel cleared.")
-        allowed = isinstance(channel, discord.abc.Messageable) and \
-            await self.access.check(channel) is Access.ALLOWED
-        if greeting is not None and allowed and isinstance(channel, discord.abc.Messageable):
-            sent = await channel.send(greeting.text)
-            await self.chat.attach_message(greeting.id, sent.id)
+        if isinstance(channel, discord.abc.Messageable) and \
+                await self.access.check(channel) is Access.ALLOWED:
+            await post_greeting(channel, greeting, self.chat)
 
     @pygbot.command()
     async def status(self, interaction: discord.Interaction) -> None:

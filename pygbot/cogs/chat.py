@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from pygbot.chat import Author, ChatService, EmptyReplyError
 from pygbot.cogs.access import Access, AccessPolicy
-from pygbot.cogs.reply_view import ReplyControls, send_reply
+from pygbot.cogs.reply_view import ReplyControls, post_greeting, send_reply
 from pygbot.discord_text import render_mentions
 from pygbot.worker import QueueFullError, WorkerClosedError
 
@@ -83,9 +83,7 @@ class ChatCog(commands.Cog):
         guild_id = message.guild.id if message.guild else 0
         channel_id = message.channel.id
         greeting = await self.chat.start_conversation(channel_id, guild_id)
-        if greeting is not None:
-            sent = await message.channel.send(greeting.text)
-            await self.chat.attach_message(greeting.id, sent.id)
+        await post_greeting(message.channel, greeting, self.chat)
         previous = await self.chat.latest_reply(channel_id)
         text = await self._as_text(message) or EMPTY_MENTION_TEXT
         author = Author(message.author.id, message.author.display_name)

@@ -16,6 +16,7 @@ from discord.ext import commands
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.cogs.checks import refuse_unless_manager
+from pygbot.cogs.reply_view import post_greeting
 from pygbot.library import BuiltInPersonaError, PersonaLibrary, UnknownPersonaError
 from pygbot.persona import NAME_MAX_CHARS, TEXT_MAX_CHARS, Persona, PersonaError
 
@@ -132,9 +133,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
         if await self.access.check(channel) is not Access.ALLOWED:
             return
         greeting = await self.chat.start_conversation(channel.id, interaction.guild_id or 0)
-        if greeting is not None:
-            sent = await channel.send(greeting.text)
-            await self.chat.attach_message(greeting.id, sent.id)
+        await post_greeting(channel, greeting, self.chat)
 
 
 class PersonaModal(discord.ui.Modal):

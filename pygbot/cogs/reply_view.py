@@ -122,6 +122,15 @@ async def send_reply(message: discord.Message, turn: StoredTurn, chat: ChatServi
     await chat.attach_message(turn.id, sent.id)
 
 
+async def post_greeting(channel: discord.abc.Messageable, greeting: StoredTurn | None,
+                        chat: ChatService) -> None:
+    """Post a new conversation's greeting (if any) and remember which message shows it."""
+    if greeting is None:
+        return
+    sent = await channel.send(greeting.text)
+    await chat.attach_message(greeting.id, sent.id)
+
+
 def shown(text: str) -> str:
     """An alternative as one message (an edit cannot add messages), cut to Discord's limit."""
     return text if len(text) <= DISCORD_MESSAGE_LIMIT else text[:DISCORD_MESSAGE_LIMIT - 1] + "…"
