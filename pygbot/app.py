@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from pygbot.engine import Engine, EngineLoadError
 from pygbot.library import NoPersonasError, PersonaLibrary, UnknownPersonaError
 from pygbot.store import Store, StoreError
 from pygbot.worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
@@ -36,6 +39,7 @@ class Services:
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open everything in dependency order and close it in reverse, also on errors."""
+    log.info("settings: %s", settings.redacted())  # the token shows as <set>, never itself
     try:
         store = await Store.open(settings.db_path)
     except (StoreError, OSError) as error:

@@ -62,3 +62,17 @@ def test_a_model_that_cannot_be_loaded_is_explained_in_one_line(tmp_path: Path) 
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("pygbot: ") and "MODEL" in message
     assert "Traceback" not in result.stderr
+
+
+def test_startup_logs_the_settings_but_never_the_token(
+    tmp_path: Path, tiny_model_dir: Path,
+) -> None:
+    env = {**os.environ, "DB_PATH": str(tmp_path / "c.sqlite3"), "MAX_NEW_TOKENS": "4",
+           "PERSONAS_DIR": str(REPO / "personas"), "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "INFO",
+           "DISCORD_TOKEN": "very-secret-token-123"}
+    result = subprocess.run([sys.executable, str(REPO / "bot.py"), "--console", "--model",
+                             str(tiny_model_dir)], input="hi\n", env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "'DISCORD_TOKEN': '<set>'" in result.stderr
+    assert "very-secret-token-123" not in result.stderr + result.stdout
