@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_ROWS = 200  # more than any 2048-token prompt can hold; the budget decides what is used
 SEED_RANGE = 2**31
+_DEFAULTS = Settings()
 # A resample at the same temperature tends to return the same words (at 0.3, three identical
 # replies were measured); each retry samples a little hotter instead.
 RETRY_TEMPERATURE_STEP = 0.3
@@ -57,13 +58,14 @@ class Author:
 
 @dataclass(frozen=True)
 class ChatConfig:
-    context_tokens: int = 2048
+    # Defaults are the settings' own, stated once in pygbot.config.
+    context_tokens: int = _DEFAULTS.context_tokens
     params: GenerationParams = field(default_factory=GenerationParams)
-    speaker_labels: str = "you"  # "you" or "names"
-    repetition_guard: bool = True
-    repetition_retries: int = 2
-    near_duplicate_threshold: float = 0.75
-    repetition_window_tokens: int = 1024
+    speaker_labels: str = _DEFAULTS.speaker_labels  # "you" or "names"
+    repetition_guard: bool = _DEFAULTS.repetition_guard
+    repetition_retries: int = _DEFAULTS.repetition_retries
+    near_duplicate_threshold: float = _DEFAULTS.near_duplicate_threshold
+    repetition_window_tokens: int = _DEFAULTS.repetition_window_tokens
 
     @classmethod
     def from_settings(
