@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,13 @@ class GenerationParams:
     top_p: float = 0.9
     top_k: int = 0  # 0 = off
     repetition_penalty: float = 1.1  # 1.0 = off
+    min_p: float = 0.0  # keep tokens with >= this share of the top token's probability; 0 = off
+    # DRY ("Don't Repeat Yourself", the sequence penalty of llama.cpp / KoboldCpp / Aphrodite):
+    # a token that would extend a repeat of an earlier sequence longer than dry_allowed_length
+    # is penalised by dry_multiplier * dry_base ** (length - dry_allowed_length). 0 = off.
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
     seed: int | None = None
 
 
@@ -63,6 +70,15 @@ class GenerationRequest:
     # Character offset into `prompt`: the repetition penalty counts only prompt tokens from here
     # on plus the tokens generated so far, so persona and example dialogue are never penalised.
     penalty_from: int = 0
+    # Strings that break a DRY sequence match (line breaks, ":", quotes, the speakers' names), so
+    # the turn structure of the conversation is never punished as repetition.
+    dry_sequence_breakers: tuple[str, ...] = ()
+    # The conversation this prompt continues (e.g. the channel): an engine may keep its KV cache
+    # and reuse the longest common token prefix on the next request with the same key.
+    cache_key: str | None = None
+    # Streaming: called from the generating thread with the reply's text so far (decoded new
+    # tokens, not yet cut at the next speaker) as it grows. Never called after generate returns.
+    on_text: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
