@@ -6,6 +6,9 @@ import logging
 from typing import Any
 
 import discord
+import discord.gateway
+import discord.http
+import yarl
 from discord.ext import commands
 
 from pygbot.app import Services, StartupError
@@ -14,6 +17,7 @@ from pygbot.cogs.admin import AdminCog, ModelInfo
 from pygbot.cogs.chat import ChatCog
 from pygbot.cogs.persona import PersonaCog
 from pygbot.cogs.reply_view import ReplyControls
+from pygbot.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,21 @@ class PygBot(commands.Bot):
         log.info("synced %d slash commands to server %s", len(synced), guild_id)
 
 
+def use_discord_endpoints(settings: Settings) -> None:
+    """Point discord.py at a Discord-compatible server when the settings name one.
+
+    discord.py has exactly these two knobs: the REST base and the gateway a plain Client
+    connects to (it never asks `GET /gateway/bot`).
+    """
+    if settings.discord_api_url:
+        discord.http.Route.BASE = settings.discord_api_url
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
 async def run_discord(services: Services) -> None:
     """Connect and serve until interrupted; setup problems become one-line StartupErrors."""
+    use_discord_endpoints(services.settings)
     async with PygBot(services) as bot:
         try:
             await bot.start(services.settings.discord_token)

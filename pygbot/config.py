@@ -53,6 +53,8 @@ class Settings:
     speaker_labels: str = "you"
     allow_dms: bool = False
     dev_guild_id: int | None = None
+    discord_api_url: str = ""
+    discord_gateway_url: str = ""
     log_level: str = "INFO"
 
     @classmethod
@@ -118,6 +120,15 @@ def _snowflake(key: str) -> Callable[[str], int]:
     return parse
 
 
+def _url(key: str, schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not value.startswith(schemes) or len(value) <= len(max(schemes, key=len)):
+            raise ConfigError(key, raw, "a URL starting with " + " or ".join(schemes))
+        return value.rstrip("/")
+    return parse
+
+
 @dataclass(frozen=True)
 class _Key:
     name: str
@@ -166,6 +177,11 @@ _KEYS: tuple[_Key, ...] = (
     _key("ALLOW_DMS", _flag("ALLOW_DMS"), "Answer direct messages"),
     _key("DEV_GUILD_ID", _snowflake("DEV_GUILD_ID"),
          "Sync slash commands to this server only (instant); empty = global"),
+    _key("DISCORD_API_URL", _url("DISCORD_API_URL", ("http://", "https://")),
+         "REST API base of a Discord-compatible server (e.g. http://127.0.0.1:8080/api/v10); "
+         "empty = Discord"),
+    _key("DISCORD_GATEWAY_URL", _url("DISCORD_GATEWAY_URL", ("ws://", "wss://")),
+         "Gateway websocket of a Discord-compatible server; empty = Discord"),
     _key("LOG_LEVEL", _choice("LOG_LEVEL", LOG_LEVELS, upper=True), "Logging verbosity"),
 )
 
