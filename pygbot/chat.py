@@ -18,17 +18,11 @@ from pygbot.config import Settings
 from pygbot.engine import GenerationParams, GenerationRequest
 from pygbot.library import PersonaLibrary
 from pygbot.persona import Persona
-from pygbot.prompt import (
-    YOU,
-    RenderedPrompt,
-    Turn,
-    build_prompt,
-    extract_reply,
-    speaker_label,
-    trim_unfinished_sentence,
-)
-from pygbot.repetition import RECENT_REPLIES, max_similarity, trim_loop
+from pygbot.prompt import YOU, RenderedPrompt, Turn, build_prompt, speaker_label
+from pygbot.repetition import RECENT_REPLIES, max_similarity
+from pygbot.reply_text import final_reply, visible_reply
 from pygbot.store import NewTurn, Store, StoredTurn
+from pygbot.streaming import PartialListener, TextRelay
 from pygbot.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -135,23 +129,32 @@ class ChatService:
 
     async def reply(
         self, channel_id: int, guild_id: int, author: Author, text: str,
-        message_id: int | None = None,
+        message_id: int | None = None, *, on_partial: PartialListener | None = None,
     ) -> ChatReply:
-        """The character's answer to `text`; both turns are stored in one transaction."""
+        """The character's answer to `text`; both turns are stored in one transaction.
+
+        `on_partial`, if given, is called on the event loop with the reply as a member may
+        already see it while it is generated: whole sentences that begin the final text. A
+        resample after a repeated reply starts over (its text replaces the earlier one). The
+        stored turn is the final word: it may go on past the last partial, never back.
+        """
         async with self._locks[channel_id]:
             persona = await self._library.active(guild_id, channel_id)
             greeting = await self._greet_if_new(channel_id, persona)
             history = await self._conversation(channel_id, persona)
             turns = [*self._turns(history, persona), self._turn(author.display_name, text, persona)]
-            reply_text = await self._generate(persona, turns, _character_texts(history))
+            reply_text = await self._generate(persona, turns, _character_texts(history),
+                                              on_partial)
             user_turn, turn = await self._store.add_turns(channel_id, [
                 NewTurn("user", author.display_name, text, author.id, message_id),
                 NewTurn("character", persona.name, reply_text),
             ])
             return ChatReply(persona, turn, user_turn, greeting)
 
-    async def regenerate(self, channel_id: int, guild_id: int) -> StoredTurn:
-        """A new alternative for the character's latest reply; it becomes the one remembered."""
+    async def regenerate(self, channel_id: int, guild_id: int,
+                         on_partial: PartialListener | None = None) -> StoredTurn:
+        """A new alternative for the character's latest reply; it becomes the one remembered.
+        `on_partial` streams it as in `reply`."""
         async with self._locks[channel_id]:
             persona = await self._library.active(guild_id, channel_id)
             history = await self._conversation(channel_id, persona)
@@ -160,7 +163,8 @@ class ChatService:
             latest = history[-1]
             earlier = history[:-1]
             avoid = [*_character_texts(earlier), *latest.alternatives]
-            reply_text = await self._generate(persona, self._turns(earlier, persona), avoid)
+            reply_text = await self._generate(persona, self._turns(earlier, persona), avoid,
+                                              on_partial)
             return await self._store.add_alternative(latest.id, reply_text)
 
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
@@ -226,7 +230,8 @@ class ChatService:
         return Turn(YOU, text)
 
     async def _generate(
-        self, persona: Persona, turns: Sequence[Turn], recent: Sequence[str]
+        self, persona: Persona, turns: Sequence[Turn], recent: Sequence[str],
+        on_partial: PartialListener | None = None,
     ) -> str:
         """Sample a reply; with the guard on, trim loops and resample near-duplicates."""
         config = self._config
@@ -235,7 +240,7 @@ class ChatService:
         attempts = 1 + (config.repetition_retries if config.repetition_guard else 0)
         candidates: list[tuple[float, str]] = []
         for attempt in range(attempts):
-            text = await self._sample(persona, prompt, attempt)
+            text = await self._sample(persona, prompt, attempt, on_partial)
             if not text:
                 continue
             score = max_similarity(text, recent[-RECENT_REPLIES:])
@@ -248,26 +253,39 @@ class ChatService:
             return min(candidates)[1]
         raise EmptyReplyError("the model produced an empty reply")
 
-    async def _sample(self, persona: Persona, prompt: RenderedPrompt, attempt: int) -> str:
+    async def _sample(self, persona: Persona, prompt: RenderedPrompt, attempt: int,
+                      on_partial: PartialListener | None = None) -> str:
         params = self._config.params
         if attempt and params.temperature > 0:
             hotter = params.temperature + RETRY_TEMPERATURE_STEP * attempt
             params = replace(params, temperature=min(hotter, MAX_RETRY_TEMPERATURE))
         params = replace(params, seed=self._rng.randrange(SEED_RANGE))
+        guard = self._config.repetition_guard
         # Without the guard the penalty covers the whole prompt, as transformers' own
         # repetition_penalty does: the persona's name and facts are punished too.
-        penalty_from = prompt.penalty_from if self._config.repetition_guard else 0
-        result = await self._worker.submit(GenerationRequest(
-            prompt.text, prompt.stop_strings, params, penalty_from))
-        text = extract_reply(result.text, persona.name, prompt.speakers)
-        if result.new_tokens >= params.max_new_tokens:
-            text = trim_unfinished_sentence(text)
-        if self._config.repetition_guard:
-            trimmed = trim_loop(text)
-            if trimmed != text:
-                log.info("trimmed a loop from a reply (%d -> %d chars)", len(text), len(trimmed))
-                text = trim_unfinished_sentence(trimmed) or trimmed
-        return text
+        penalty_from = prompt.penalty_from if guard else 0
+        relay = self._relay(persona, prompt, on_partial)
+        try:
+            result = await self._worker.submit(GenerationRequest(
+                prompt.text, prompt.stop_strings, params, penalty_from,
+                on_text=relay.on_text if relay else None))
+        finally:
+            if relay is not None:
+                relay.close()
+        return final_reply(result.text, persona.name, prompt.speakers,
+                           hit_token_limit=result.new_tokens >= params.max_new_tokens,
+                           trim_loops=guard)
+
+    def _relay(self, persona: Persona, prompt: RenderedPrompt,
+               on_partial: PartialListener | None) -> TextRelay | None:
+        if on_partial is None:
+            return None
+        guard = self._config.repetition_guard
+
+        def visible(generated: str) -> str:
+            return visible_reply(generated, persona.name, prompt.speakers, trim_loops=guard)
+
+        return TextRelay(asyncio.get_running_loop(), visible, on_partial)
 
 
 def _character_texts(history: Sequence[StoredTurn]) -> list[str]:

@@ -180,16 +180,54 @@ def _load_model(model: str, device: str, dtype: str) -> PreTrainedModel:
 
 # --- the per-row pieces of generation ------------------------------------------------------------
 
+class TextStream:
+    """Hands each row's reply text so far to its request's `on_text`, as the row grows.
+
+    Any decode loop can use it: call `push(row, new_token_ids)` after every step for the rows
+    still generating. Only rows with a callback are decoded (the whole reply each time: a
+    reply is at most a few hundred tokens, far cheaper than one model step), and a callback
+    hears a text only when it changed. A callback that raises is logged and dropped, so a
+    broken listener never fails the batch it rides in.
+    """
+
+    def __init__(self, callbacks: Sequence[Callable[[str], None] | None],
+                 decode: Callable[[list[int]], str]) -> None:
+        self._callbacks = list(callbacks)
+        self._decode = decode
+        self._sent = [""] * len(self._callbacks)
+
+    @property
+    def active(self) -> bool:
+        return any(callback is not None for callback in self._callbacks)
+
+    def push(self, row: int, new_token_ids: list[int]) -> None:
+        callback = self._callbacks[row]
+        if callback is None:
+            return
+        text = self._decode(new_token_ids)
+        if text == self._sent[row]:
+            return
+        self._sent[row] = text
+        try:
+            callback(text)
+        except Exception:  # a listener's bug must not cost the other rows their replies
+            log.exception("on_text callback of row %d failed; it hears no more", row)
+            self._callbacks[row] = None
+
+
 class StopOnStrings(StoppingCriteria):
     """Marks a row done once its new text contains one of its own stop strings, or it emits eos.
 
     It also remembers how many new tokens each row had when it finished: rows that finish early
-    are padded afterwards, and those pads are not part of the reply.
+    are padded afterwards, and those pads are not part of the reply. Being called after every
+    step, it also feeds the rows' reply text to `stream` (streaming replies).
     """
 
     def __init__(self, stop_strings: Sequence[tuple[str, ...]], prompt_width: int,
-                 eos_ids: Collection[int], decode: Callable[[list[int]], str]) -> None:
+                 eos_ids: Collection[int], decode: Callable[[list[int]], str],
+                 stream: TextStream | None = None) -> None:
         self._stop_strings = stop_strings
+        self._stream = stream
         self._prompt_width = prompt_width  # padded prompt length: new tokens start here
         self._eos_ids = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self._decode = decode
@@ -202,10 +240,20 @@ class StopOnStrings(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None,
                  **kwargs: Any) -> torch.BoolTensor:
         new = input_ids[:, self._prompt_width:].cpu()  # (batch, steps)
+        was_done = self._done.clone()  # (batch,)
         finished = (self._hits_eos(new) | self._hits_stop_string(new)) & ~self._done  # (batch,)
         self._ends[finished] = new.shape[1]
         self._done |= finished
+        self._feed_stream(new, was_done)
         return self._done.to(input_ids.device)  # type: ignore[return-value]
+
+    def _feed_stream(self, new: torch.Tensor, was_done: torch.Tensor) -> None:
+        """Rows that were generating before this step, up to their reply's last token."""
+        if self._stream is None or not self._stream.active:
+            return
+        counts = self.new_token_counts(new.shape[1])
+        for row in (~was_done).nonzero().flatten().tolist():
+            self._stream.push(row, new[row, :counts[row]].tolist())
 
     def new_token_counts(self, steps: int) -> list[int]:
         """New tokens per row that belong to its reply, given the batch ran `steps` steps."""
@@ -340,8 +388,9 @@ class Engine:
         started = time.perf_counter()
         encoded = self._encode(requests)
         prompt_width = encoded.input_ids.shape[1]
+        stream = TextStream([r.on_text for r in requests], self._decode)
         stops = StopOnStrings([r.stop_strings for r in requests], prompt_width, self._eos_ids,
-                              self._decode)
+                              self._decode, stream)
         sequences = self._run_model(encoded, params, stops)  # (batch, prompt_width + steps)
         new_ids = sequences[:, prompt_width:].cpu()  # (batch, steps)
         counts = stops.new_token_counts(new_ids.shape[1])

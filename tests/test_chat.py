@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -202,3 +203,90 @@ async def test_reset_forgets_the_channel_and_greets_again(
     greeting = await chat.reset(CHANNEL, GUILD)
     history = await store.history(CHANNEL)
     assert greeting is not None and [t.id for t in history] == [greeting.id]
+
+
+# --- streaming --------------------------------------------------------------------------------
+
+async def _until(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_the_first_sentence_is_heard_while_the_reply_is_still_generated(
+    scripted: tuple[ChatService, ScriptedEngine], store: Store,
+) -> None:
+    chat, engine = scripted
+    engine.script(" *looks up* Oh, hello there. I was just charting the rings of Saturn, "
+                  "they look wonderful tonight. Want to see?")
+    resume = engine.pause_after("wonderful")
+    heard: list[str] = []
+    task = asyncio.create_task(chat.reply(CHANNEL, GUILD, SAM, "Hi!", on_partial=heard.append))
+    await _until(lambda: bool(heard))
+    assert heard == ["*looks up* Oh, hello there."] and not task.done()
+    resume.set()
+    reply = await task
+    assert reply.turn.text == (await store.history(CHANNEL))[-1].text
+    assert all(reply.turn.text.startswith(partial) for partial in heard)
+
+
+async def test_a_forged_turn_and_a_start_tag_are_never_heard(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" Sure, I will bring the star map and the old brass compass for you."
+                  "\nYou: Also give me the keys to the ship, right now, please.\nAria: Fine.",
+                  " Of course, here is the chart, the one with the comet on it, see? <START>"
+                  " You: thanks a lot, friend")
+    heard: list[str] = []
+    first = await chat.reply(CHANNEL, GUILD, SAM, "Help?", on_partial=heard.append)
+    second = await chat.reply(CHANNEL, GUILD, SAM, "Chart?", on_partial=heard.append)
+    assert heard and not any("You:" in text or "START" in text for text in heard)
+    assert (first.turn.text, second.turn.text) == (
+        "Sure, I will bring the star map and the old brass compass for you.",
+        "Of course, here is the chart, the one with the comet on it, see?")
+
+
+async def test_a_loop_is_never_heard_and_a_repeated_reply_is_replaced_by_its_resample(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" The rings are beautiful tonight, aren't they? The rings are beautiful "
+                  "tonight, aren't they? The rings are beautiful tonight, aren't they?")
+    heard: list[str] = []
+    first = await chat.reply(CHANNEL, GUILD, SAM, "Look outside", on_partial=heard.append)
+    assert first.turn.text == "The rings are beautiful tonight, aren't they?"
+    assert all(first.turn.text.startswith(text) for text in heard)
+
+    engine.script(" The rings are beautiful tonight, aren't they!\nYou: They are.",
+                  " Want to hear some jazz? I have a record from Earth, a rare one.")
+    heard.clear()
+    second = await chat.reply(CHANNEL, GUILD, SAM, "Yes", on_partial=heard.append)
+    assert second.turn.text == "Want to hear some jazz? I have a record from Earth, a rare one."
+    assert heard[0].startswith("The rings")  # the first try was on screen ...
+    assert second.turn.text.startswith(heard[-1])  # ... and the resample replaced it
+
+
+async def test_without_a_listener_nothing_streams(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" Plain and simple.")
+    await chat.reply(CHANNEL, GUILD, SAM, "hi")
+    assert engine.requests[-1].on_text is None
+
+
+async def test_a_real_model_streams_prefixes_of_its_final_reply(
+    store: Store, tiny_engine: Engine,
+) -> None:
+    heard: list[str] = []
+    async with Worker(tiny_engine) as worker:
+        chat = make_chat(store, tiny_engine, worker, repetition_guard=False)
+        try:
+            reply = await chat.reply(CHANNEL, GUILD, SAM, "Tell me a long story.",
+                                     on_partial=heard.append)
+        except EmptyReplyError:
+            pytest.skip("the random tiny model produced nothing")
+    assert all(reply.turn.text.startswith(text) for text in heard)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -205,6 +207,40 @@ def _stop_string_from(text: str) -> str:
         if candidate.isascii() and candidate.isprintable() and text.find(candidate) == start:
             return candidate
     pytest.fail(f"no usable stop string in {text!r}")
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+def test_on_text_hears_each_row_grow_and_ends_with_its_result(tiny_engine: Engine) -> None:
+    heard: dict[str, list[str]] = {"first": [], "second": []}
+    free = tiny_engine.generate([greedy(PROMPT), greedy("You: hi\nAria:")])
+    stop = _stop_string_from(free[0].text)
+    requests = [replace(greedy(PROMPT, (NEVER, stop)), on_text=heard["first"].append),
+                replace(greedy("You: hi\nAria:"), on_text=heard["second"].append)]
+
+    stopped, continued = tiny_engine.generate(requests)
+
+    assert heard["first"][-1] == stopped.text  # up to the step that hit the stop string
+    assert heard["second"][-1] == continued.text
+    assert len(heard["second"]) > 1  # it grew step by step, not once at the end
+    assert all(later != earlier for earlier, later in pairwise(heard["second"]))
+    # A row that stopped early hears nothing more while the other row goes on.
+    assert len(heard["first"]) <= stopped.new_tokens < continued.new_tokens
+
+
+def test_streaming_changes_no_text(tiny_engine: Engine) -> None:
+    plain = tiny_engine.generate([greedy(PROMPT)])
+    streamed = tiny_engine.generate([replace(greedy(PROMPT), on_text=lambda text: None)])
+    assert [(r.text, r.new_tokens) for r in streamed] == [(r.text, r.new_tokens) for r in plain]
+
+
+def test_a_failing_listener_costs_no_reply(tiny_engine: Engine) -> None:
+    def broken(text: str) -> None:
+        raise RuntimeError("listener bug")
+
+    expected = tiny_engine.generate([greedy(PROMPT)])[0].text
+    [result] = tiny_engine.generate([replace(greedy(PROMPT), on_text=broken)])
+    assert result.text == expected
 
 
 # --- the windowed repetition penalty -------------------------------------------------------------
