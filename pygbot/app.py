@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from pygbot.chat import ChatConfig, ChatService
-from pygbot.config import Settings
+from pygbot.config import ConfigError, Settings, check_combinations
 from pygbot.engine import Engine, EngineLoadError
 from pygbot.library import NoPersonasError, PersonaLibrary, UnknownPersonaError
 from pygbot.store import Store, StoreError
@@ -54,6 +54,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         except (EngineLoadError, NoPersonasError) as error:
             raise StartupError(str(error)) from None
         config = ChatConfig.from_settings(settings, engine.context_tokens)
+        try:  # a model with a smaller context than CONTEXT_TOKENS may leave too little room
+            check_combinations(settings, config.context_tokens)
+        except ConfigError as error:
+            raise StartupError(str(error)) from None
         async with Worker(engine, settings.queue_max, settings.max_batch) as worker:
             chat = ChatService(store, worker, library, engine.count_tokens, config)
             yield Services(settings, store, library, engine, worker, chat)

@@ -14,6 +14,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from pygbot.prompt import MIN_PROMPT_TOKENS
+
 DEFAULT_MODEL = "PygmalionAI/pygmalion-1.3b"
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -26,6 +28,15 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: str, allowed: str) -> None:
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        self.key = key
+
+
+class ConflictError(ConfigError):
+    """Settings that are valid alone but impossible together; `str()` is one line naming
+    them and what to change."""
+
+    def __init__(self, key: str, message: str) -> None:
+        ValueError.__init__(self, message)
         self.key = key
 
 
@@ -57,6 +68,9 @@ class Settings:
     discord_gateway_url: str = ""
     log_level: str = "INFO"
 
+    def __post_init__(self) -> None:
+        check_combinations(self)
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -76,6 +90,27 @@ class Settings:
         return shown
 
 
+def check_combinations(settings: Settings, context_tokens: int | None = None) -> None:
+    """Refuse settings that cannot work together, in one line saying what to change.
+
+    `context_tokens` is the context actually usable (the model's may be smaller than
+    CONTEXT_TOKENS); by default CONTEXT_TOKENS itself.
+    """
+    context = settings.context_tokens if context_tokens is None else context_tokens
+    prompt_budget = context - settings.max_new_tokens
+    if prompt_budget < MIN_PROMPT_TOKENS:
+        source = "CONTEXT_TOKENS" if context_tokens is None else "the model's context"
+        raise ConflictError("CONTEXT_TOKENS", (
+            f"{source} of {context} tokens minus MAX_NEW_TOKENS={settings.max_new_tokens} "
+            f"leaves {prompt_budget} tokens for the prompt, but the persona and the message "
+            f"being answered need at least {MIN_PROMPT_TOKENS}: raise CONTEXT_TOKENS to "
+            f"{settings.max_new_tokens + MIN_PROMPT_TOKENS} or more, or lower MAX_NEW_TOKENS"))
+    if bool(settings.discord_api_url) != bool(settings.discord_gateway_url):
+        raise ConflictError("DISCORD_API_URL", (
+            "DISCORD_API_URL and DISCORD_GATEWAY_URL go together: set both to use a "
+            "Discord-compatible server, or neither to use Discord"))
+
+
 # --- parsing -----------------------------------------------------------------------------------
 
 def _choice(key: str, choices: tuple[str, ...], upper: bool = False) -> Callable[[str], str]:
@@ -91,12 +126,17 @@ def _number(
     key: str, kind: type[int] | type[float], low: float, high: float
 ) -> Callable[[str], Any]:
     def parse(raw: str) -> int | float:
+        # Python's int() also reads '１２' and '٣'; a setting that looks like a number in one
+        # editor and like nothing in another is refused instead.
+        allowed = f"{kind.__name__} from {low} to {high}"
+        if not raw.strip().isascii():
+            raise ConfigError(key, raw, f"{allowed}, written in ASCII digits 0-9")
         try:
             value = kind(raw.strip())
         except ValueError:
-            raise ConfigError(key, raw, f"{kind.__name__} from {low} to {high}") from None
+            raise ConfigError(key, raw, allowed) from None
         if not low <= value <= high:
-            raise ConfigError(key, raw, f"{kind.__name__} from {low} to {high}")
+            raise ConfigError(key, raw, allowed)
         return value
     return parse
 
@@ -114,7 +154,7 @@ def _flag(key: str) -> Callable[[str], bool]:
 
 def _snowflake(key: str) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        if not raw.strip().isdigit():
+        if not (raw.strip().isascii() and raw.strip().isdigit()):
             raise ConfigError(key, raw, "a Discord server id (digits only)")
         return int(raw.strip())
     return parse

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pygbot.labels import is_label_char
+
 log = logging.getLogger(__name__)
 
 # Limits chosen so a persona fits Discord's modal text inputs (4000 characters each) and a
@@ -24,9 +26,6 @@ NAME_MAX_CHARS = 32
 TEXT_MAX_CHARS = 4000
 PERSONA_FILE_MAX_BYTES = 256 * 1024
 
-# A name becomes the speaker label `NAME:` in the prompt, so it may not contain a colon,
-# a line break or the `<START>` marker; anything else people use in names is fine.
-_NAME_FORBIDDEN = re.compile(r"[:\n\r<>]")
 
 # Keys of TavernAI-style character cards, mapped onto ours.
 _CARD_KEYS = {
@@ -100,8 +99,12 @@ def validate(persona: Persona) -> None:
         raise PersonaError("name has leading or trailing spaces")
     if len(name) > NAME_MAX_CHARS:
         raise PersonaError(f"name is longer than {NAME_MAX_CHARS} characters")
-    if _NAME_FORBIDDEN.search(name):
-        raise PersonaError("name may not contain ':', '<', '>' or line breaks")
+    # The name becomes the speaker label `NAME:` in the prompt, so it is held to the same
+    # allow-list as every label: no colon or look-alike, no bracket, line break or
+    # invisible character can reach the start of a prompt line through it.
+    if not all(is_label_char(char) for char in name):
+        raise PersonaError("name may not contain ':' or other symbols; use letters, digits, "
+                           "spaces and ' - . _")
     if name.casefold() == "you":
         raise PersonaError("name 'You' is the label for members in the prompt")
     if not persona.persona.strip():

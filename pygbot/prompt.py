@@ -22,29 +22,36 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pygbot.labels import is_label_char, label_key
 from pygbot.persona import Persona
 
 YOU = "You"
 START = "<START>"
+SCENARIO_LABEL = "Scenario"
+PERSONA_LABEL_SUFFIX = "'s Persona"
 SPEAKER_LABEL_MAX_CHARS = 32
 TRUNCATION_MARK = " …"
 # No 2048-token prompt holds more than this many characters of one turn; cutting first keeps
 # a hostile multi-megabyte message from costing seconds of tokenizing. (Memory keeps it all.)
 TURN_MAX_CHARS = 16_000
+# The smallest prompt budget (context minus reply) that always holds the persona and the
+# message being answered: the labels alone can cost ~420 tokens when the character's name and
+# the member's label are 32 characters of a script the tokenizer spells byte by byte, and
+# what is left keeps the start of the persona and of the message. Settings check it.
+MIN_PROMPT_TOKENS = 512
+# Per-line token counts can differ from the joined prompt's by a token or two per line.
+JOIN_SLACK_TOKENS = 8
 
-# A line in a member's message that looks like the start of somebody's turn: a few words,
-# then a colon and a space (or the end of the line). URLs ("https://") do not match.
-_TURN_LINE = re.compile(r"^[ \t]*[^\W_][\w .'’-]{0,39}:(?=\s|$)")
 # In the model's own output, a new turn is a capitalised name of up to three words and a
 # colon; lower-case "and then: ..." is kept as part of the reply.
 _NAME_LABEL = r"[A-Z][\w'’-]{0,20}(?: [A-Z][\w'’-]{0,20}){0,2}:(?=\s|$)"
 # `<START>` in any case or spacing: the model treats it as "a new conversation begins".
 _START_MARK = re.compile(r"<\s*start\s*>", re.IGNORECASE)
 # Characters that render as nothing or move text around; hostile messages use them to hide
-# a forged turn from people while the model still sees it.
+# text from people while the model still sees it.
 _INVISIBLE = {"Cf", "Cc", "Co", "Cs", "Cn"}
-# Everything a renderer or tokenizer may treat as a line break becomes a plain "\n" first,
-# so the forged-turn rule sees the same lines the model does.
+# Everything a renderer or tokenizer may treat as a line break becomes a plain "\n" first
+# (the other control characters Python splits lines at are dropped as invisible).
 _LINE_BREAKS = str.maketrans({"\r": "\n", "\v": "\n", "\f": "\n", "\x85": "\n",
                               "\u2028": "\n", "\u2029": "\n"})
 _SENTENCE_END = re.compile(r"[.!?…*\"')\]~]+(?=\s|$)")
@@ -81,33 +88,55 @@ def clean_text(text: str) -> str:
 
 
 def defuse(text: str) -> str:
-    """Render `text` so that no part of it reads as another speaker's line.
+    """`text` as the content of one prompt line, so no part of it can start a turn.
 
-    A line after the first that starts like a turn (`Name: …`) is joined to the line before
-    it, and `<START>` loses its brackets; everything else a member wrote stays as written.
+    This holds by construction rather than by recognising forgeries: every line break (of
+    any kind) becomes a space, so whatever a member, a display name or a persona field
+    writes stays on the line the renderer opened with its own label, and a line can only
+    ever start with a label the renderer wrote. `<START>` also loses its brackets, so the
+    marker appears only where the renderer puts it.
     """
-    lines = _START_MARK.sub("START", clean_text(text)).strip().split("\n")
-    kept: list[str] = []
-    for line in lines:
-        kept.append(line)
-        # Joining can itself form a turn-like line ("START" + "Aria's Persona: ..."), so
-        # keep merging until no continuation line starts like a turn.
-        while len(kept) > 1 and _TURN_LINE.match(kept[-1]):
-            last = kept.pop()
-            kept[-1] = f"{kept[-1]} {last.strip()}".strip()
-    return "\n".join(kept).strip()
+    one_line = " ".join(line.strip() for line in clean_text(text).split("\n") if line.strip())
+    return _without_start_marks(one_line)
+
+
+def _without_start_marks(text: str) -> str:
+    # Removing a marker can join its neighbours into a new one ("<<START>>"), so repeat;
+    # each pass shortens the text, so this ends.
+    while _START_MARK.search(text):
+        text = _START_MARK.sub("START", text)
+    return text
 
 
 def speaker_label(display_name: str, character_name: str) -> str:
-    """A member's display name as a prompt label: one line, no colon, never the character's."""
-    label = re.sub(r"\s+", " ", _START_MARK.sub("", clean_text(display_name)).replace(":", ""))
-    label = label.strip()[:SPEAKER_LABEL_MAX_CHARS].strip()
-    if not label or label.casefold() == character_name.casefold():
+    """A member's display name as a prompt label: letters, digits, spaces and a few name
+    marks only (see pygbot.labels), never the character's name or a header's label."""
+    kept = "".join(ch if is_label_char(ch) else " " for ch in clean_text(display_name))
+    label = " ".join(kept.split())[:SPEAKER_LABEL_MAX_CHARS].strip()
+    if not label or _is_reserved(label, character_name):
         return YOU
     return label
 
 
+def _is_reserved(label: str, character_name: str) -> bool:
+    key = label_key(label)
+    return key in (label_key(character_name), label_key(SCENARIO_LABEL)) or \
+        key.endswith(label_key(PERSONA_LABEL_SUFFIX).strip("'’"))
+
+
 # --- rendering ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Line:
+    """A prompt line: the renderer's label, then content that holds no line break."""
+
+    label: str
+    content: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.label}: {self.content}" if self.content else f"{self.label}:"
+
 
 def build_prompt(
     persona: Persona,
@@ -120,26 +149,36 @@ def build_prompt(
 
     Priority when the budget is tight: persona and scenario always; then the newest turn
     (truncated if it alone is too big); then older history, newest first; example dialogue
-    only with what is left, so it is dropped before any real history.
+    only with what is left, so it is dropped before any real history. With a budget of at
+    least MIN_PROMPT_TOKENS the persona and the newest turn are always there.
     """
     header = _header_lines(persona, budget_tokens // 2, count_tokens)
     suffix = f"{persona.name}:"
-    fixed = [*header, START, suffix]
-    room = budget_tokens - _cost(fixed, count_tokens)
-    rendered = [_line(turn) for turn in turns]
+    room = budget_tokens - _cost([*header, START, suffix], count_tokens) - JOIN_SLACK_TOKENS
+    rendered = [_line(turn.speaker, turn.text[:TURN_MAX_CHARS]) for turn in turns]
     if rendered:
-        rendered[-1] = _truncate_line(rendered[-1], max(room, 1), count_tokens)
+        rendered[-1] = _truncate_line(rendered[-1], room, count_tokens)
     history = _fit_newest(rendered, room, count_tokens)
     room -= _cost(history, count_tokens)
     examples = _fit_in_order(_example_blocks(persona), room, count_tokens)
     while True:
-        lines = [*header, *_join_examples(examples), *history, suffix]
-        text = "\n".join(lines)
-        if count_tokens(text) <= budget_tokens or not (history or examples):
+        text = "\n".join([*header, *_join_examples(examples), *history, suffix])
+        over = count_tokens(text) - budget_tokens
+        if over <= 0:
             break
-        # Per-line counts can undershoot the joined text by a token or two; drop the least
-        # important piece and measure again.
-        examples, history = (examples[:-1], history) if examples else (examples, history[1:])
+        # Per-line counts can undershoot the joined text; drop the least important piece
+        # (never the persona or the message being answered) and measure again, cutting
+        # those two shorter only when nothing else is left.
+        if examples:
+            examples = examples[:-1]
+        elif len(history) > 1:
+            history = history[1:]
+        elif history and (shorter := _shorten(history[-1], over, count_tokens)):
+            history = [shorter]
+        elif shorter := _shorten(header[0], over, count_tokens):
+            header[0] = shorter
+        else:
+            break  # a budget under MIN_PROMPT_TOKENS: only the labels are left
     speakers = _speakers(persona, turns)
     return RenderedPrompt(
         text=text,
@@ -151,26 +190,45 @@ def build_prompt(
     )
 
 
+def _shorten(line: str, over: int, count_tokens: CountTokens) -> str | None:
+    """`line` cut by about `over` tokens, or None when only its label is left."""
+    shorter = _truncate_line(line, count_tokens(line + "\n") - over, count_tokens)
+    return shorter if len(shorter) < len(line) else None
+
+
 def _header_lines(persona: Persona, budget: int, count_tokens: CountTokens) -> list[str]:
-    persona_line = f"{persona.name}'s Persona: {defuse(persona.persona)}"
-    lines = [_truncate_line(persona_line, budget * 2 // 3, count_tokens)]
+    persona_line = _Line(f"{persona.name}{PERSONA_LABEL_SUFFIX}", defuse(persona.persona))
+    lines = [_truncate_line(persona_line.text, budget * 2 // 3, count_tokens,
+                            len(persona_line.label) + 2)]
     if persona.scenario.strip():
-        scenario_line = f"Scenario: {defuse(persona.scenario)}"
-        lines.append(_truncate_line(scenario_line, budget // 3, count_tokens))
+        scenario_line = _Line(SCENARIO_LABEL, defuse(persona.scenario))
+        lines.append(_truncate_line(scenario_line.text, budget // 3, count_tokens,
+                                    len(SCENARIO_LABEL) + 2))
     return lines
 
 
-def _line(turn: Turn) -> str:
-    return f"{turn.speaker}: {defuse(turn.text[:TURN_MAX_CHARS])}"
+def _line(speaker: str, text: str) -> str:
+    return _Line(speaker, defuse(text)).text
 
 
 def _example_blocks(persona: Persona) -> list[list[str]]:
-    """Example dialogue split at `<START>` into blocks; a block is kept or dropped whole."""
+    """Example dialogue split at `<START>` into blocks of turns; a block is kept or dropped
+    whole. Only `You:` and `NAME:` open a turn; any other line continues the turn before it
+    (and is dropped if no turn has opened yet), so card text renders like any other text."""
+    label = re.compile(rf"^\s*({re.escape(YOU)}|{re.escape(persona.name)})\s*:\s*",
+                       re.IGNORECASE)
     blocks = []
     for chunk in _START_MARK.split(clean_text(persona.example_dialogue)):
-        lines = [line.strip() for line in chunk.split("\n") if line.strip()]
-        if lines:
-            blocks.append(lines)
+        turns: list[tuple[str, str]] = []
+        for line in chunk.split("\n"):
+            opened = label.match(line)
+            if opened:
+                speaker = YOU if opened.group(1).casefold() == YOU.casefold() else persona.name
+                turns.append((speaker, line[opened.end():]))
+            elif turns:
+                turns[-1] = (turns[-1][0], f"{turns[-1][1]}\n{line}")
+        if turns:
+            blocks.append([_line(speaker, text) for speaker, text in turns])
     return blocks
 
 
@@ -189,10 +247,11 @@ def _cost(lines: Sequence[str], count_tokens: CountTokens) -> int:
 
 
 def _fit_newest(lines: Sequence[str], room: int, count_tokens: CountTokens) -> list[str]:
+    """The newest lines that fit in `room`; the newest one (already cut to fit) always."""
     kept: list[str] = []
     for line in reversed(lines):
         room -= count_tokens(line + "\n")
-        if room < 0:
+        if room < 0 and kept:
             break
         kept.append(line)
     return kept[::-1]
@@ -211,11 +270,19 @@ def _fit_in_order(
     return kept
 
 
-def _truncate_line(line: str, max_tokens: int, count_tokens: CountTokens) -> str:
-    """Cut `line` to at most `max_tokens`, keeping its start; binary search on characters."""
+def _truncate_line(
+    line: str, max_tokens: int, count_tokens: CountTokens, keep_chars: int | None = None
+) -> str:
+    """Cut `line` to at most `max_tokens`, keeping its start; binary search on characters.
+
+    The label (the first `keep_chars` characters; by default up to ": ") is never cut, even
+    if it alone is over `max_tokens`: a line without its label would be nobody's turn.
+    """
     if count_tokens(line + "\n") <= max_tokens:
         return line
-    low, high = 0, len(line)
+    if keep_chars is None:
+        keep_chars = line.find(": ") + 2 if ": " in line else len(line)
+    low, high = keep_chars, len(line)
     while low < high:
         middle = (low + high + 1) // 2
         if count_tokens(line[:middle] + TRUNCATION_MARK + "\n") <= max_tokens:

@@ -41,6 +41,9 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     ("ALLOW_DMS", "maybe", "true or false"),
     ("DEV_GUILD_ID", "my-server", "a Discord server id"),
     ("SPEAKER_LABELS", "nicknames", "one of you, names"),
+    ("MAX_NEW_TOKENS", "１２", "written in ASCII digits 0-9"),
+    ("TOP_K", "٣", "written in ASCII digits 0-9"),
+    ("DEV_GUILD_ID", "١٢٣", "a Discord server id"),
 ])
 def test_a_wrong_value_names_the_key_and_what_is_allowed(
     key: str, value: str, allowed: str,
@@ -85,3 +88,13 @@ def test_bot_without_token_exits_with_a_one_line_explanation(tmp_path: Path) -> 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "DISCORD_TOKEN is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_context_too_small_for_the_reply_stops_startup_with_one_line(tmp_path: Path) -> None:
+    result = run_bot("--console", env={"CONTEXT_TOKENS": "256", "MAX_NEW_TOKENS": "512",
+                                       "PATH": ""}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("pygbot: CONTEXT_TOKENS of 256 tokens minus "
+                                    "MAX_NEW_TOKENS=512 leaves -256 tokens for the prompt")
+    assert "raise CONTEXT_TOKENS to 1024 or more, or lower MAX_NEW_TOKENS" in result.stderr
