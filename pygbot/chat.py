@@ -51,6 +51,15 @@ class Author:
 
 
 @dataclass(frozen=True)
+class Said:
+    """One message a member addressed to the character."""
+
+    author: Author
+    text: str
+    message_id: int | None = None
+
+
+@dataclass(frozen=True)
 class ChatConfig:
     # Defaults are the settings' own, stated once in pygbot.config.
     context_tokens: int = _DEFAULTS.context_tokens
@@ -93,8 +102,9 @@ class ChatConfig:
 class ChatReply:
     persona: Persona
     turn: StoredTurn  # the character's reply, as stored
-    user_turn: StoredTurn
+    user_turn: StoredTurn  # the message it answers (the latest, when several were answered)
     greeting: StoredTurn | None  # stored just now because the conversation was new
+    user_turns: tuple[StoredTurn, ...] = ()  # every member message it answers, in order
 
 
 class ChatService:
@@ -138,18 +148,30 @@ class ChatService:
         resample after a repeated reply starts over (its text replaces the earlier one). The
         stored turn is the final word: it may go on past the last partial, never back.
         """
+        return await self.answer(channel_id, guild_id, [Said(author, text, message_id)],
+                                 on_partial=on_partial)
+
+    async def answer(self, channel_id: int, guild_id: int, said: Sequence[Said], *,
+                     on_partial: PartialListener | None = None) -> ChatReply:
+        """One reply to messages that arrived together: all of them go into memory in order,
+        and the reply answers the latest. They and the reply are stored in one transaction.
+        `on_partial` streams it as in `reply`."""
+        if not said:
+            raise ValueError("answer() needs at least one message")
         async with self._locks[channel_id]:
             persona = await self._library.active(guild_id, channel_id)
             greeting = await self._greet_if_new(channel_id, persona)
             history = await self._conversation(channel_id, persona)
-            turns = [*self._turns(history, persona), self._turn(author.display_name, text, persona)]
+            turns = [*self._turns(history, persona),
+                     *(self._turn(m.author.display_name, m.text, persona) for m in said)]
             reply_text = await self._generate(persona, turns, _character_texts(history),
                                               on_partial)
-            user_turn, turn = await self._store.add_turns(channel_id, [
-                NewTurn("user", author.display_name, text, author.id, message_id),
+            *user_turns, turn = await self._store.add_turns(channel_id, [
+                *(NewTurn("user", m.author.display_name, m.text, m.author.id, m.message_id)
+                  for m in said),
                 NewTurn("character", persona.name, reply_text),
             ])
-            return ChatReply(persona, turn, user_turn, greeting)
+            return ChatReply(persona, turn, user_turns[-1], greeting, tuple(user_turns))
 
     async def regenerate(self, channel_id: int, guild_id: int,
                          on_partial: PartialListener | None = None) -> StoredTurn:

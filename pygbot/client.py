@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from typing import Any
 
 import discord
@@ -16,8 +18,11 @@ from pygbot.cogs.access import AccessPolicy
 from pygbot.cogs.admin import AdminCog, ModelInfo
 from pygbot.cogs.chat import ChatCog
 from pygbot.cogs.persona import PersonaCog
+from pygbot.cogs.posting import DiscordPoster
 from pygbot.cogs.reply_view import ReplyControls
 from pygbot.config import Settings
+from pygbot.intake import Intake, IntakeConfig
+from pygbot.ratelimit import MemberRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +46,29 @@ class PygBot(commands.Bot):
         super().__init__(command_prefix=commands.when_mentioned, intents=bot_intents(),
                          allowed_mentions=ALLOWED_MENTIONS, help_command=None, **options)
         self.services = services
+        self.poster = DiscordPoster(self, services.chat)
+        self.intake = Intake(services.store, services.chat, self.poster,
+                             IntakeConfig.from_settings(services.settings))
 
     async def setup_hook(self) -> None:
         services = self.services
-        access = AccessPolicy(services.store, services.settings.allow_dms)
+        settings = services.settings
+        access = AccessPolicy(services.store, settings.allow_dms)
         engine = services.engine
-        await self.add_cog(ChatCog(self, services.chat, access))
+        limiter = MemberRateLimiter(settings.rate_limit_burst, settings.rate_limit_per_minute)
+        await self.add_cog(ChatCog(self, services.chat, access, intake=self.intake,
+                                   limiter=limiter, max_age_s=settings.pending_max_age_s))
         await self.add_cog(PersonaCog(services.chat, access))
         await self.add_cog(AdminCog(services.chat, services.store, services.worker, access,
                                     ModelInfo(engine.model_name, engine.device, engine.dtype)))
         self.add_view(ReplyControls(services.chat))  # buttons on replies from earlier runs
         await self._sync_commands()
+
+    async def close(self) -> None:
+        """Stop answering before the Discord session goes (a graceful stop has already let
+        the reply in progress finish); what is left stays recorded for the next start."""
+        await self.intake.stop(grace_s=0)
+        await super().close()
 
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: conversation is the ChatCog's, commands are slash commands."""
@@ -85,14 +102,45 @@ def use_discord_endpoints(settings: Settings) -> None:
 
 
 async def run_discord(services: Services) -> None:
-    """Connect and serve until interrupted; setup problems become one-line StartupErrors."""
+    """Connect and serve until SIGTERM or SIGINT (Ctrl-C), then stop gracefully; setup
+    problems become one-line StartupErrors."""
     use_discord_endpoints(services.settings)
     async with PygBot(services) as bot:
         try:
-            await bot.start(services.settings.discord_token)
+            await _serve_until_stopped(bot, services)
         except discord.LoginFailure:
             raise StartupError("Discord rejected DISCORD_TOKEN; copy the token again from "
                                "the Developer Portal (Bot → Reset Token)") from None
         except discord.PrivilegedIntentsRequired:
             raise StartupError("enable MESSAGE CONTENT INTENT for the bot in the Developer "
                                "Portal (Bot → Privileged Gateway Intents)") from None
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # systemd and Docker stop with SIGTERM
+
+
+async def _serve_until_stopped(bot: PygBot, services: Services) -> None:
+    """Run the bot; on a stop signal take no new work, let the reply in progress finish
+    within SHUTDOWN_GRACE_S and be posted, leave the rest recorded for the next start, then
+    close the database and the Discord session, in that order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    running = asyncio.create_task(bot.start(services.settings.discord_token), name="discord")
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            running.result()  # the connection ended by itself: say why
+            return
+        log.info("stop requested: finishing the reply in progress")
+        await bot.intake.stop(services.settings.shutdown_grace_s)
+        await services.store.close()
+        await bot.close()
+        await running
+        log.info("stopped cleanly")
+    finally:
+        stopping.cancel()
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)

@@ -61,6 +61,11 @@ class Settings:
     near_duplicate_threshold: float = 0.75
     queue_max: int = 32
     max_batch: int = 4
+    pending_max: int = 1000
+    pending_max_age_s: int = 300
+    shutdown_grace_s: float = 8.0
+    rate_limit_burst: int = 5
+    rate_limit_per_minute: int = 10
     speaker_labels: str = "you"
     allow_dms: bool = False
     dev_guild_id: int | None = None
@@ -210,8 +215,20 @@ _KEYS: tuple[_Key, ...] = (
     _key("NEAR_DUPLICATE_THRESHOLD", _number("NEAR_DUPLICATE_THRESHOLD", float, 0.1, 1.0),
          "Similarity to one of the last 5 replies that counts as a repeat"),
     _key("QUEUE_MAX", _number("QUEUE_MAX", int, 1, 10000),
-         "Requests waiting for the model before members are told it is busy"),
+         "Replies generated or waiting for the model at once; more channels wait their turn"),
     _key("MAX_BATCH", _number("MAX_BATCH", int, 1, 64), "Requests generated together in one batch"),
+    _key("PENDING_MAX", _number("PENDING_MAX", int, 1, 1_000_000),
+         "Messages waiting for an answer before members are told it will take a while "
+         "(they are still answered)"),
+    _key("PENDING_MAX_AGE_S", _number("PENDING_MAX_AGE_S", int, 0, 86400),
+         "After a restart or a lost connection, messages younger than this (seconds) are "
+         "still answered; older ones get a notice"),
+    _key("SHUTDOWN_GRACE_S", _number("SHUTDOWN_GRACE_S", float, 0.0, 600.0),
+         "On SIGTERM/Ctrl-C, seconds the reply in progress may take to finish and be posted"),
+    _key("RATE_LIMIT_BURST", _number("RATE_LIMIT_BURST", int, 1, 1000),
+         "Messages a member may send at once before being rate-limited"),
+    _key("RATE_LIMIT_PER_MINUTE", _number("RATE_LIMIT_PER_MINUTE", int, 1, 6000),
+         "Sustained messages per minute a member may send"),
     _key("SPEAKER_LABELS", _choice("SPEAKER_LABELS", SPEAKER_LABEL_MODES),
          "you = members appear as 'You'; names = by display name"),
     _key("ALLOW_DMS", _flag("ALLOW_DMS"), "Answer direct messages"),

@@ -37,6 +37,10 @@ Role = Literal["user", "character"]
 # How long a statement waits for another process's lock (a backup tool, sqlite3 shell)
 # before failing with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
+# A write that still finds the database locked is tried again this many times, pausing a
+# little longer each time, before the caller is told (about half a minute at the defaults).
+WRITE_ATTEMPTS = 5
+WRITE_RETRY_PAUSE_S = 0.5
 
 # Schema migrations: MIGRATIONS[n] takes the database from user_version n to n + 1.
 # Append new scripts; never edit one that has shipped, because databases already ran it.
@@ -91,6 +95,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX channel_personas_by_guild ON channel_personas (guild_id);
     """,
+    # 3: the durable intake. Every message the character is asked to answer is a row here
+    # before it is queued; storing the reply marks it 'answered' (reply_turn_id) in the same
+    # transaction, posting the reply marks it 'done'. The message id is the key, so a message
+    # is taken once however often it is seen (live, replayed, read back from history).
+    """
+    CREATE TABLE intake (
+        message_id     INTEGER PRIMARY KEY,
+        channel_id     INTEGER NOT NULL,
+        guild_id       INTEGER NOT NULL,
+        author_id      INTEGER NOT NULL,
+        author_name    TEXT    NOT NULL,
+        text           TEXT    NOT NULL,
+        created_at     REAL    NOT NULL,
+        state          TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN
+                           ('pending', 'answered', 'done', 'failed', 'expired', 'withdrawn')),
+        reply_turn_id  INTEGER,
+        settled_at     REAL
+    );
+    CREATE INDEX intake_open ON intake (state, channel_id, message_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -100,6 +124,11 @@ _BEGIN_WRITE = "BEGIN IMMEDIATE"
 _BEGIN_READ = "BEGIN DEFERRED"
 
 _TURN_COLUMNS = "id, channel_id, role, name, text, author_id, message_id, created_at, chosen"
+_INTAKE_COLUMNS = ("message_id, channel_id, guild_id, author_id, author_name, text, created_at, "
+                   "state, reply_turn_id")
+IntakeState = Literal["pending", "answered", "done", "failed", "expired", "withdrawn"]
+OPEN_STATES = ("pending", "answered")  # still owed to the member
+_OPEN_STATES_SQL = "('pending', 'answered')"
 
 
 class StoreError(Exception):
@@ -134,6 +163,21 @@ class StoredTurn:
 
 
 @dataclass(frozen=True)
+class IntakeMessage:
+    """A member's message the character owes an answer, as recorded by the intake."""
+
+    message_id: int
+    channel_id: int
+    guild_id: int
+    author_id: int
+    author_name: str
+    text: str
+    created_at: float  # unix seconds, when the member sent it
+    state: IntakeState = "pending"
+    reply_turn_id: int | None = None  # set once the reply is stored ('answered')
+
+
+@dataclass(frozen=True)
 class GuildSettings:
     allow_all_channels: bool = False  # False = converse only in age-restricted channels
 
@@ -144,6 +188,7 @@ class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
+        self._closed = False
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -167,9 +212,11 @@ class Store:
         return cls(db)
 
     async def close(self) -> None:
-        """Close after any transaction in flight has finished."""
+        """Close after any transaction in flight has finished; closing twice is harmless."""
         async with self._lock:
-            await self._db.close()
+            if not self._closed:
+                self._closed = True
+                await self._db.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -196,10 +243,16 @@ class Store:
             return await _with_alternatives(db, reversed(list(rows)))
 
     async def add_turns(self, channel_id: int, turns: Sequence[NewTurn]) -> list[StoredTurn]:
-        """Store `turns` in order, all or none; a character turn's text becomes alternative 0."""
+        """Store `turns` in order, all or none; a character turn's text becomes alternative 0.
+
+        When the last turn is the character's, the intake rows of the member messages stored
+        with it become 'answered' by it in the same transaction: a crash can never leave a
+        message both remembered and still waiting to be answered.
+        """
         created_at = time.time()
         async with self._transaction() as db:
             stored = [await _insert_turn(db, channel_id, turn, created_at) for turn in turns]
+            await _mark_answered(db, stored)
         return stored
 
     async def set_message_id(self, turn_id: int, message_id: int) -> None:
@@ -216,6 +269,11 @@ class Store:
                 raise StoreError(f"message {message_id} already shows another turn") from error
         if cursor.rowcount == 0:
             log.info("turn %d is gone; message %d not attached", turn_id, message_id)
+
+    async def turn(self, turn_id: int) -> StoredTurn | None:
+        """The turn with this id; None once it is gone (deleted, or the channel was reset)."""
+        async with self._reading() as db:
+            return await _turn_where(db, "id = ?", turn_id)
 
     async def turn_by_message(self, message_id: int) -> StoredTurn | None:
         async with self._reading() as db:
@@ -269,6 +327,100 @@ class Store:
                                  f"there is no alternative {index}")
             await _select_alternative(db, turn_id, index, turn.alternatives[index])
             return await _turn_by_id(db, turn_id)
+
+    # --- intake: messages the character owes an answer -------------------------------------------
+
+    async def record_intake(self, message: IntakeMessage) -> bool:
+        """Record a message to answer; False when it was recorded before (in any state) or its
+        turn is already in memory, so a message is answered once however often it is seen."""
+        async with self._transaction() as db:
+            cursor = await _execute(
+                db,
+                f"INSERT INTO intake ({_INTAKE_COLUMNS}) "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, 'pending', NULL "
+                "WHERE NOT EXISTS (SELECT 1 FROM turns WHERE message_id = ?) "
+                "ON CONFLICT (message_id) DO NOTHING",
+                (message.message_id, message.channel_id, message.guild_id, message.author_id,
+                 message.author_name, message.text, message.created_at, message.message_id))
+        return cursor.rowcount > 0
+
+    async def intake_backlog(self) -> int:
+        """How many recorded messages wait for a reply to be generated."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT COUNT(*) FROM intake WHERE state = 'pending'"))
+        return int(rows[0][0])
+
+    async def open_intake(self, channel_id: int) -> list[IntakeMessage]:
+        """A channel's messages still owed an answer or a posted reply, in message order."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {_INTAKE_COLUMNS} FROM intake WHERE state IN {_OPEN_STATES_SQL} "
+                "AND channel_id = ? ORDER BY message_id", (channel_id,))
+        return [_intake_message(row) for row in rows]
+
+    async def open_intake_channels(self) -> list[int]:
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT DISTINCT channel_id FROM intake WHERE state IN {_OPEN_STATES_SQL}")
+        return [int(row[0]) for row in rows]
+
+    async def settle_intake(self, message_ids: Sequence[int], state: IntakeState) -> None:
+        """Close messages still open with `state` (failed, expired, withdrawn, done)."""
+        async with self._transaction() as db:
+            await db.execute(
+                f"UPDATE intake SET state = ?, settled_at = ? WHERE state IN {_OPEN_STATES_SQL} "
+                "AND message_id IN (SELECT value FROM json_each(?))",
+                (state, time.time(), json.dumps(list(message_ids))))
+
+    async def withdraw_intake(self, message_id: int) -> bool:
+        """The member deleted a message not yet answered; False when it was not waiting."""
+        async with self._transaction() as db:
+            cursor = await _execute(
+                db, "UPDATE intake SET state = 'withdrawn', settled_at = ? "
+                "WHERE message_id = ? AND state = 'pending'", (time.time(), message_id))
+        return cursor.rowcount > 0
+
+    async def reply_posted(self, turn_id: int, message_id: int) -> None:
+        """The reply `turn_id` is on Discord as `message_id`: remember where, and close the
+        messages it answers, together."""
+        async with self._transaction() as db:
+            with contextlib.suppress(sqlite3.IntegrityError):  # already attached elsewhere
+                await db.execute("UPDATE turns SET message_id = ? WHERE id = ?",
+                                 (message_id, turn_id))
+            await db.execute(
+                "UPDATE intake SET state = 'done', settled_at = ? "
+                "WHERE reply_turn_id = ? AND state = 'answered'", (time.time(), turn_id))
+
+    async def reply_seen_on_discord(self, answering_id: int, message_id: int) -> bool:
+        """A reply to `answering_id` was found on Discord (posted just before a crash): if
+        its stored reply was still waiting to be posted, count it as posted."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT reply_turn_id FROM intake WHERE message_id = ? AND state = 'answered'",
+                (answering_id,)))
+        if not rows or rows[0][0] is None:
+            return False
+        await self.reply_posted(int(rows[0][0]), message_id)
+        return True
+
+    async def recent_channels(self, limit: int) -> list[int]:
+        """Channels the character converses in, most recently active first."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                "SELECT channel_id FROM (SELECT channel_id, MAX(created_at) AS latest FROM turns "
+                "GROUP BY channel_id UNION ALL SELECT channel_id, MAX(created_at) FROM intake "
+                "GROUP BY channel_id) GROUP BY channel_id ORDER BY MAX(latest) DESC LIMIT ?",
+                (limit,))
+        return [int(row[0]) for row in rows]
+
+    async def prune_intake(self, older_than: float) -> int:
+        """Forget settled intake rows of messages sent before `older_than` (unix seconds)."""
+        async with self._transaction() as db:
+            cursor = await _execute(
+                db, f"DELETE FROM intake WHERE state NOT IN {_OPEN_STATES_SQL} AND created_at < ?",
+                (older_than,))
+        return cursor.rowcount
 
     # --- personas -------------------------------------------------------------------------------
 
@@ -377,7 +529,7 @@ class Store:
         """
         async with self._lock:
             try:
-                await self._db.execute(begin)
+                await self._begin(begin)
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException:
@@ -386,6 +538,21 @@ class Store:
                 await asyncio.shield(self._db.rollback())
                 raise
 
+    async def _begin(self, begin: str) -> None:
+        """BEGIN, waiting out another process's write lock: SQLite waits busy_timeout, and a
+        write that still finds it locked is tried again a few times before giving up. Once
+        BEGIN IMMEDIATE has succeeded the write lock is ours, so nothing later can be busy."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                await self._db.execute(begin)
+                return
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("database is locked by another process; retrying (%d of %d)",
+                            attempt, WRITE_ATTEMPTS - 1)
+                await asyncio.sleep(WRITE_RETRY_PAUSE_S * attempt)
+
     def _reading(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
         """A read-only transaction. Reads need the lock too: on a shared connection a read
         issued inside another coroutine's transaction would see its uncommitted rows."""
@@ -393,6 +560,12 @@ class Store:
 
 
 # --- connection setup ---------------------------------------------------------------------------
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    message = str(error).lower()
+    return "locked" in message or "busy" in message
+
 
 
 async def _configure(db: aiosqlite.Connection, path: Path) -> None:
@@ -405,7 +578,7 @@ async def _configure(db: aiosqlite.Connection, path: Path) -> None:
     # the last ones on a power cut, and saves an fsync per commit.
     await db.execute("PRAGMA synchronous = NORMAL")
     await db.execute("PRAGMA foreign_keys = ON")  # off by default; the cascade needs it
-    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
@@ -470,6 +643,24 @@ async def _insert_turn(
         alternatives = (turn.text,)
     return StoredTurn(turn_id, channel_id, turn.role, turn.name, turn.text, turn.author_id,
                       turn.message_id, created_at, alternatives, 0)
+
+
+async def _mark_answered(db: aiosqlite.Connection, stored: Sequence[StoredTurn]) -> None:
+    if not stored or stored[-1].role != "character":
+        return
+    answered = [t.message_id for t in stored[:-1] if t.role == "user" and t.message_id]
+    if answered:
+        await db.execute(
+            "UPDATE intake SET state = 'answered', reply_turn_id = ? WHERE state = 'pending' "
+            "AND message_id IN (SELECT value FROM json_each(?))",
+            (stored[-1].id, json.dumps(answered)))
+
+
+def _intake_message(row: sqlite3.Row) -> IntakeMessage:
+    return IntakeMessage(
+        message_id=row["message_id"], channel_id=row["channel_id"], guild_id=row["guild_id"],
+        author_id=row["author_id"], author_name=row["author_name"], text=row["text"],
+        created_at=row["created_at"], state=row["state"], reply_turn_id=row["reply_turn_id"])
 
 
 async def _turn_where(db: aiosqlite.Connection, condition: str, value: int) -> StoredTurn | None:

@@ -1,53 +1,74 @@
 """Talking: a mention or a reply to the character gets an in-character reply.
 
-Also keeps memory in step with Discord: an edited message updates its turn, a deleted one is
-forgotten, and deleting a message whose reply is still queued withdraws the request.
+The cog only decides whether a message is for the character and hands it to the durable
+intake (pygbot.intake), which answers it once, in channel order, and posts through
+`DiscordPoster`. On every fresh gateway session (start-up, or a session Discord would not
+resume) it catches up: it reads the recent history of the channels it converses in and
+hands over the messages it never saw. It also keeps memory in step with Discord: an edited
+message updates its turn, a deleted one is forgotten or, if not answered yet, withdrawn.
 """
 
 from __future__ import annotations
 
-import asyncio
+import datetime
 import logging
+import sqlite3
+import time
 
 import discord
 from discord.ext import commands
 
-from pygbot.chat import Author, ChatService, EmptyReplyError
+from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
-from pygbot.cogs.reply_view import ReplyControls, post_greeting, send_reply
 from pygbot.discord_text import render_mentions
-from pygbot.worker import QueueFullError, WorkerClosedError
+from pygbot.intake import BACKLOG_NOTICE, DATABASE_FAILED_NOTICE, Admission, Intake
+from pygbot.ratelimit import MemberRateLimiter
+from pygbot.store import IntakeMessage, StoreError
 
 log = logging.getLogger(__name__)
 
 EMPTY_MENTION_TEXT = "*waves*"  # a bare mention still deserves an answer
+CATCH_UP_CHANNELS = 100  # the most recently active channels read back after a gap
+CATCH_UP_MESSAGES = 100  # per channel, the newest messages within PENDING_MAX_AGE_S
+RATE_LIMITED_NOTICE = ("You're writing faster than I can read, so I'll skip your messages "
+                       "for a moment. Mention me again in {seconds} seconds.")
 
 
 class ChatCog(commands.Cog):
-    def __init__(self, bot: commands.Bot, chat: ChatService, access: AccessPolicy) -> None:
+    def __init__(self, bot: commands.Bot, chat: ChatService, access: AccessPolicy, *,
+                 intake: Intake, limiter: MemberRateLimiter, max_age_s: float) -> None:
         self.bot = bot
         self.chat = chat
         self.access = access
-        self._pending: dict[int, asyncio.Task[None]] = {}  # triggering message id -> reply
+        self.intake = intake
+        self.limiter = limiter
+        self.max_age_s = max_age_s
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or not await self._addressed_to_me(message):
+        if self.intake.stopping or message.author.bot or not await self._addressed_to_me(
+                message):
             return
         verdict = await self.access.check(message.channel)
         if verdict is not Access.ALLOWED:
             await self.access.notify_once(message, verdict)
             return
-        task = asyncio.current_task()
-        if task is None:
+        limit = self.limiter.check(message.author.id)
+        if not limit.allowed:
+            if limit.notify:
+                await self._explain(message, RATE_LIMITED_NOTICE.format(
+                    seconds=int(limit.retry_after_s)))
             return
-        self._pending[message.id] = task
+        await self._take(message, live=True)
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """A fresh session (start-up, or one Discord would not resume): what was sent while
+        the bot was away is not replayed, so read it back, then answer."""
         try:
-            await self._converse(message)
-        except asyncio.CancelledError:
-            log.info("reply to deleted message %s withdrawn", message.id)
+            await self.catch_up()
         finally:
-            self._pending.pop(message.id, None)
+            await self.intake.open()
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
@@ -60,11 +81,63 @@ class ChatCog(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        pending = self._pending.get(payload.message_id)
-        if pending is not None:
-            pending.cancel()
+        await self.intake.withdraw(payload.message_id)
         if await self.chat.forget_message(payload.message_id):
             log.info("forgot the turn of deleted message %s", payload.message_id)
+
+    # --- catching up ----------------------------------------------------------------------------
+
+    async def catch_up(self) -> None:
+        since = time.time() - self.max_age_s
+        channels = await self.intake.conversing_channels(CATCH_UP_CHANNELS)
+        found = 0
+        for channel_id in channels:
+            try:
+                found += await self._catch_up_channel(channel_id, since)
+            except (discord.HTTPException, discord.ClientException) as error:
+                log.warning("could not read back channel %s: %s", channel_id, error)
+        log.info("caught up on %d channel(s): %d message(s) not seen before", len(channels),
+                 found)
+
+    async def _catch_up_channel(self, channel_id: int, since: float) -> int:
+        channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
+        if not isinstance(channel, discord.abc.Messageable):
+            return 0
+        if await self.access.check(channel) is not Access.ALLOWED:
+            return 0
+        me = self.bot.user
+        after = datetime.datetime.fromtimestamp(since, tz=datetime.UTC)
+        found = 0
+        async for message in channel.history(limit=CATCH_UP_MESSAGES, after=after,
+                                             oldest_first=True):
+            if me is not None and message.author.id == me.id:
+                reference = message.reference
+                if reference is not None and reference.message_id is not None:
+                    await self.intake.reply_seen(reference.message_id, message.id)
+            elif not message.author.bot and await self._addressed_to_me(message):
+                found += await self._take(message, live=False) is Admission.ACCEPTED
+        return found
+
+    # --- internals ------------------------------------------------------------------------------
+
+    async def _take(self, message: discord.Message, live: bool) -> Admission | None:
+        """Hand `message` to the intake; None when it could not even be recorded."""
+        author = message.author
+        incoming = IntakeMessage(
+            message_id=message.id, channel_id=message.channel.id,
+            guild_id=message.guild.id if message.guild else 0, author_id=author.id,
+            author_name=author.display_name,
+            text=await self._as_text(message) or EMPTY_MENTION_TEXT,
+            created_at=message.created_at.timestamp())
+        try:
+            admission = await self.intake.accept(incoming)
+        except (StoreError, sqlite3.Error) as error:
+            log.error("could not record message %s: %s", message.id, error)
+            await self._explain(message, DATABASE_FAILED_NOTICE)
+            return None
+        if admission is Admission.BACKLOGGED and live:
+            await self._explain(message, BACKLOG_NOTICE)
+        return admission
 
     async def _addressed_to_me(self, message: discord.Message) -> bool:
         me = self.bot.user
@@ -79,33 +152,11 @@ class ChatCog(commands.Cog):
             return reference.resolved.author.id == me.id
         return await self.chat.is_character_message(reference.message_id)
 
-    async def _converse(self, message: discord.Message) -> None:
-        guild_id = message.guild.id if message.guild else 0
-        channel_id = message.channel.id
-        greeting = await self.chat.start_conversation(channel_id, guild_id)
-        await post_greeting(message.channel, greeting, self.chat)
-        previous = await self.chat.latest_reply(channel_id)
-        text = await self._as_text(message) or EMPTY_MENTION_TEXT
-        author = Author(message.author.id, message.author.display_name)
-        try:
-            async with message.channel.typing():
-                reply = await self.chat.reply(channel_id, guild_id, author, text, message.id)
-        except QueueFullError:
-            await self._explain(message, "I'm answering a lot of people right now. "
-                                         "Please try again in a minute.")
-            return
-        except EmptyReplyError:
-            await self._explain(message, "I lost my train of thought there. "
-                                         "Please say that again.")
-            return
-        except WorkerClosedError:
-            await self._explain(message, "I'm shutting down for a moment. Try again soon.")
-            return
-        await send_reply(message, reply.turn, self.chat)
-        await ReplyControls.retire(message.channel, previous)
-
     async def _explain(self, message: discord.Message, text: str) -> None:
-        await message.reply(text, mention_author=False)
+        try:
+            await message.reply(text, mention_author=False)
+        except discord.HTTPException as error:
+            log.warning("could not post a notice in channel %s: %s", message.channel.id, error)
 
     async def _as_text(self, message: discord.Message) -> str:
         me = self.bot.user

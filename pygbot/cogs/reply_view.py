@@ -12,7 +12,7 @@ import logging
 import discord
 
 from pygbot.chat import ChatService, EmptyReplyError, NothingToRegenerateError
-from pygbot.discord_text import DISCORD_MESSAGE_LIMIT, split_message
+from pygbot.discord_text import DISCORD_MESSAGE_LIMIT
 from pygbot.store import StoredTurn
 from pygbot.worker import QueueFullError, WorkerClosedError
 
@@ -94,32 +94,9 @@ class ReplyControls(discord.ui.View):
         """Take the buttons off an older reply once a newer one is posted."""
         if turn is None or turn.message_id is None:
             return
-        if isinstance(channel, discord.TextChannel | discord.Thread | discord.DMChannel):
+        if isinstance(channel, discord.TextChannel | discord.Thread | discord.DMChannel
+                      | discord.PartialMessageable):
             await _remove_buttons(channel.get_partial_message(turn.message_id))
-
-
-async def send_reply(message: discord.Message, turn: StoredTurn, chat: ChatService) -> None:
-    """Post `turn` as a reply to `message`, split to fit, buttons on the last piece.
-
-    If Discord refuses (missing permissions, an outage), the turn stays in memory and the
-    failure is logged in one line; the conversation goes on.
-    """
-    pieces = split_message(turn.text)
-    try:
-        for index, piece in enumerate(pieces):
-            last = index == len(pieces) - 1
-            view = ReplyControls(chat, turn) if last else discord.utils.MISSING
-            if index == 0:
-                # The member may delete their message while the reply is generated.
-                reference = message.to_reference(fail_if_not_exists=False)
-                sent = await message.channel.send(piece, view=view, reference=reference,
-                                                  mention_author=True)
-            else:
-                sent = await message.channel.send(piece, view=view)
-    except discord.HTTPException as error:
-        log.warning("could not post the reply in channel %s: %s", message.channel.id, error)
-        return
-    await chat.attach_message(turn.id, sent.id)
 
 
 async def post_greeting(channel: discord.abc.Messageable, greeting: StoredTurn | None,

@@ -1,0 +1,107 @@
+"""Posting to Discord: the one place the character's replies, greetings and notices leave.
+
+`DiscordPoster` is what the intake posts through (`pygbot.intake.Poster`). Later ways of
+showing a reply (streaming edits, webhooks) extend `send_reply` and keep the contract: post
+the turn as the answer to a message and return the posted message's id, or None when
+Discord would not take it (the intake then keeps the reply stored and tries again later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import discord
+
+from pygbot.chat import ChatService
+from pygbot.cogs.reply_view import ReplyControls, post_greeting
+from pygbot.discord_text import split_message
+from pygbot.store import StoredTurn
+
+log = logging.getLogger(__name__)
+
+
+class DiscordPoster:
+    # discord.py already waits out 429s and retries 500/502/504 itself; a reply that still
+    # fails (503, an outage) is tried again after these pauses before the intake takes over.
+    retry_delays_s: tuple[float, ...] = (1.0, 3.0)
+
+    def __init__(self, bot: discord.Client, chat: ChatService) -> None:
+        self._bot = bot
+        self._chat = chat
+
+    def channel(self, channel_id: int) -> discord.abc.Messageable:
+        """The channel from the cache, or a partial one that can still post (DMs, threads
+        not cached after a restart)."""
+        channel = self._bot.get_channel(channel_id)
+        if isinstance(channel, discord.abc.Messageable):
+            return channel
+        return self._bot.get_partial_messageable(channel_id)
+
+    @contextlib.asynccontextmanager
+    async def typing(self, channel_id: int) -> AsyncIterator[None]:
+        """"… is typing" while the reply is made; a failure to show it changes nothing."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.channel(channel_id).typing())
+            except discord.HTTPException as error:
+                log.debug("no typing indicator in channel %s: %s", channel_id, error)
+            yield
+
+    async def greeting(self, channel_id: int, turn: StoredTurn) -> None:
+        try:
+            await post_greeting(self.channel(channel_id), turn, self._chat)
+        except discord.HTTPException as error:  # the greeting stays in memory regardless
+            log.warning("could not post the greeting in channel %s: %s", channel_id, error)
+
+    async def reply(self, channel_id: int, answering: int, turn: StoredTurn,
+                    previous: StoredTurn | None) -> int | None:
+        """Post `turn` as the answer to message `answering`, retrying server errors."""
+        channel = self.channel(channel_id)
+        for pause in (*self.retry_delays_s, None):
+            try:
+                posted = await send_reply(channel, answering, turn, self._chat)
+            except discord.HTTPException as error:
+                log.warning("could not post the reply in channel %s: %s", channel_id, error)
+                if pause is None or not _worth_retrying(error):
+                    return None
+                await asyncio.sleep(pause)
+                continue
+            await ReplyControls.retire(channel, previous)
+            return posted
+        return None
+
+    async def notice(self, channel_id: int, answering: int, text: str) -> None:
+        """A short plain message to the member, as a reply to their message."""
+        reference = discord.MessageReference(message_id=answering, channel_id=channel_id,
+                                             fail_if_not_exists=False)
+        try:
+            await self.channel(channel_id).send(text, reference=reference,
+                                                mention_author=False)
+        except discord.HTTPException as error:
+            log.warning("could not post a notice in channel %s: %s", channel_id, error)
+
+
+async def send_reply(channel: discord.abc.Messageable, answering: int, turn: StoredTurn,
+                     chat: ChatService) -> int:
+    """Post `turn` split to fit, the first piece as a reply to `answering` (which the member
+    may have deleted meanwhile) and the buttons on the last; returns the last piece's id."""
+    pieces = split_message(turn.text)
+    reference = discord.MessageReference(message_id=answering, channel_id=turn.channel_id,
+                                         fail_if_not_exists=False)
+    sent: discord.Message | None = None
+    for index, piece in enumerate(pieces):
+        view = ReplyControls(chat, turn) if index == len(pieces) - 1 else discord.utils.MISSING
+        if index == 0:
+            sent = await channel.send(piece, view=view, reference=reference, mention_author=True)
+        else:
+            sent = await channel.send(piece, view=view)
+    assert sent is not None  # a stored reply is never empty
+    return sent.id
+
+
+def _worth_retrying(error: discord.HTTPException) -> bool:
+    """Server trouble may pass; a refusal (missing permissions, a deleted channel) will not."""
+    return isinstance(error, discord.DiscordServerError) or error.status >= 500
