@@ -65,7 +65,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
             if args.persona:
                 await switch_persona(services.library, CONSOLE_GUILD_ID, args.persona)
-            return await Console(services.chat, sys.stdin, sys.stdout).run()
+            return await Console(services.chat, sys.stdin, sys.stdout,
+                                 stream=settings.stream_replies).run()
         from pygbot.client import run_discord
 
         await run_discord(services)

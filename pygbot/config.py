@@ -67,6 +67,7 @@ class Settings:
     rate_limit_burst: int = 5
     rate_limit_per_minute: int = 10
     speaker_labels: str = "you"
+    stream_replies: bool = True
     allow_dms: bool = False
     dev_guild_id: int | None = None
     discord_api_url: str = ""
@@ -231,6 +232,9 @@ _KEYS: tuple[_Key, ...] = (
          "Sustained messages per minute a member may send"),
     _key("SPEAKER_LABELS", _choice("SPEAKER_LABELS", SPEAKER_LABEL_MODES),
          "you = members appear as 'You'; names = by display name"),
+    _key("STREAM_REPLIES", _flag("STREAM_REPLIES"),
+         "Show a reply while it is generated: posted at its first sentence, edited about "
+         "once a second; false = post it when done"),
     _key("ALLOW_DMS", _flag("ALLOW_DMS"), "Answer direct messages"),
     _key("DEV_GUILD_ID", _snowflake("DEV_GUILD_ID"),
          "Sync slash commands to this server only (instant); empty = global"),

@@ -1,11 +1,23 @@
-"""`python bot.py --console` as a person would run it: a subprocess with piped input."""
+"""`python bot.py --console` as a person would run it: a subprocess with piped input; and
+streaming on a terminal, in-process with the scripted model."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
+from pygbot.chat import ChatConfig, ChatService
+from pygbot.console import Console
+from pygbot.library import PersonaLibrary
+from pygbot.store import Store
+from pygbot.worker import Worker
+from tests.scripted_engine import ScriptedEngine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,3 +88,75 @@ def test_startup_logs_the_settings_but_never_the_token(
     assert result.returncode == 0, result.stderr
     assert "'DISCORD_TOKEN': '<set>'" in result.stderr
     assert "very-secret-token-123" not in result.stderr + result.stdout
+
+
+# --- streaming on a terminal ------------------------------------------------------------------
+
+class Terminal(io.StringIO):
+    """Standard output as a terminal: what was written, and isatty() like a real one."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@contextlib.asynccontextmanager
+async def console_on_terminal(
+    tmp_path: Path, engine: ScriptedEngine, stdin: str, stream: bool = True,
+) -> AsyncIterator[tuple[asyncio.Task[int], Terminal]]:
+    async with await Store.open(tmp_path / "console.sqlite3") as store, \
+            Worker(engine) as worker:
+        library = PersonaLibrary.from_dir(store, REPO / "personas", "Aria")
+        chat = ChatService(store, worker, library, engine.count_tokens, ChatConfig(), seed=1)
+        out = Terminal()
+        task = asyncio.create_task(Console(chat, io.StringIO(stdin), out, stream=stream).run())
+        yield task, out
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_reply_streams_to_the_terminal_before_it_is_done(
+    tmp_path: Path, count_tokens: Callable[[str], int],
+) -> None:
+    reply = ("*looks up* Oh, hello there. I was just charting the rings of Saturn, they look "
+             "wonderful tonight.")
+    engine = ScriptedEngine([" " + reply], count_tokens)
+    resume = engine.pause_after("wonderful")
+    async with console_on_terminal(tmp_path, engine, "Hi!\n") as (task, out):
+        await _until(lambda: "Aria: *looks up* Oh, hello there." in out.getvalue())
+        assert not task.done()
+        assert "Saturn" not in out.getvalue()  # only whole, settled sentences so far
+        resume.set()
+    assert out.getvalue().endswith(f"\nAria: {reply}\n")  # grew in place into one line
+
+
+async def test_a_resample_rewrites_the_line_in_place(
+    tmp_path: Path, count_tokens: Callable[[str], int],
+) -> None:
+    first = "The rings are beautiful tonight, aren't they!"
+    engine = ScriptedEngine([f" {first}\nYou: yes", f" {first}\nYou: yes",
+                             " Want to hear some jazz? I have a record from Earth."],
+                            count_tokens)
+    async with console_on_terminal(tmp_path, engine, "Look\nAgain\n") as (_, out):
+        pass
+    written = out.getvalue()
+    assert written.count(f"Aria: {first}") == 2  # shown the second time too, then erased
+    assert written.endswith("\x1b[JAria: Want to hear some jazz? I have a record from Earth.\n")
+
+
+async def test_with_streaming_off_the_terminal_gets_the_whole_reply_once(
+    tmp_path: Path, count_tokens: Callable[[str], int],
+) -> None:
+    engine = ScriptedEngine([" Hello there. Nice to meet you, traveller from afar, truly."],
+                            count_tokens)
+    async with console_on_terminal(tmp_path, engine, "Hi!\n", stream=False) as (_, out):
+        pass
+    assert out.getvalue().endswith(
+        "\nAria: Hello there. Nice to meet you, traveller from afar, truly.\n")
+    assert engine.requests[-1].on_text is None
