@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from pygbot.config import Settings
 from pygbot.engine import GenerationParams, GenerationRequest
+from pygbot.identity import uses_other_name
 from pygbot.library import PersonaLibrary
 from pygbot.persona import Persona
 from pygbot.prompt import YOU, RenderedPrompt, Turn, build_prompt, speaker_label
@@ -34,10 +35,18 @@ _DEFAULTS = Settings()
 # replies were measured); each retry samples a little hotter instead.
 RETRY_TEMPERATURE_STEP = 0.3
 MAX_RETRY_TEMPERATURE = 1.5
+# DRY sequence breakers besides the speakers' names: line breaks, the label colon, quotes and
+# the asterisks of actions are the turn structure, never a repeat.
+STRUCTURE_BREAKERS = ("\n", ":", "\"", "*")
 
 
 class EmptyReplyError(RuntimeError):
     """The model produced nothing usable; nothing was stored."""
+
+
+class RejectedReplyError(EmptyReplyError):
+    """Every sample repeated a recent reply or had the character use another name; none was
+    posted or stored (the member sees the same notice as for an empty reply)."""
 
 
 class NothingToRegenerateError(LookupError):
@@ -85,6 +94,10 @@ class ChatConfig:
                 top_p=settings.top_p,
                 top_k=settings.top_k,
                 repetition_penalty=settings.repetition_penalty,
+                min_p=settings.min_p,
+                dry_multiplier=settings.dry_multiplier,
+                dry_base=settings.dry_base,
+                dry_allowed_length=settings.dry_allowed_length,
             ),
             speaker_labels=settings.speaker_labels,
             repetition_guard=settings.repetition_guard,
@@ -255,25 +268,36 @@ class ChatService:
         self, persona: Persona, turns: Sequence[Turn], recent: Sequence[str],
         on_partial: PartialListener | None = None,
     ) -> str:
-        """Sample a reply; with the guard on, trim loops and resample near-duplicates."""
+        """Sample a reply; resample one that has the character use another name and, with the
+        guard on, trim loops and resample near-duplicates. A reply that fails every try is
+        not posted."""
         config = self._config
         prompt = build_prompt(persona, turns, config.prompt_budget, self._count_tokens,
                               config.repetition_window_tokens)
-        attempts = 1 + (config.repetition_retries if config.repetition_guard else 0)
-        candidates: list[tuple[float, str]] = []
+        attempts = 1 + config.repetition_retries
+        rejected = False
         for attempt in range(attempts):
             text = await self._sample(persona, prompt, attempt, on_partial)
             if not text:
                 continue
-            score = max_similarity(text, recent[-RECENT_REPLIES:])
-            if not config.repetition_guard or score < config.near_duplicate_threshold:
+            problem = self._problem(text, persona, recent)
+            if problem is None:
                 return text
-            log.info("reply %d of %d repeats a recent one (similarity %.2f); resampling",
-                     attempt + 1, attempts, score)
-            candidates.append((score, text))
-        if candidates:
-            return min(candidates)[1]
+            log.info("reply %d of %d %s; resampling", attempt + 1, attempts, problem)
+            rejected = True
+        if rejected:
+            raise RejectedReplyError("every sample repeated a recent reply or used another name")
         raise EmptyReplyError("the model produced an empty reply")
+
+    def _problem(self, text: str, persona: Persona, recent: Sequence[str]) -> str | None:
+        """Why `text` must not be posted, or None when it may."""
+        if uses_other_name(text, persona.name):
+            return "has the character use another name"
+        if self._config.repetition_guard:
+            score = max_similarity(text, recent[-RECENT_REPLIES:])
+            if score >= self._config.near_duplicate_threshold:
+                return f"repeats a recent one (similarity {score:.2f})"
+        return None
 
     async def _sample(self, persona: Persona, prompt: RenderedPrompt, attempt: int,
                       on_partial: PartialListener | None = None) -> str:
@@ -290,6 +314,7 @@ class ChatService:
         try:
             result = await self._worker.submit(GenerationRequest(
                 prompt.text, prompt.stop_strings, params, penalty_from,
+                dry_sequence_breakers=(*STRUCTURE_BREAKERS, *prompt.speakers),
                 on_text=relay.on_text if relay else None))
         finally:
             if relay is not None:

@@ -54,7 +54,11 @@ class Settings:
     temperature: float = 0.65
     top_p: float = 0.9
     top_k: int = 0
-    repetition_penalty: float = 1.12
+    repetition_penalty: float = 1.0
+    min_p: float = 0.05
+    dry_multiplier: float = 0.8
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
     repetition_window_tokens: int = 1024
     repetition_guard: bool = True
     repetition_retries: int = 2
@@ -206,13 +210,23 @@ _KEYS: tuple[_Key, ...] = (
     _key("TOP_P", _number("TOP_P", float, 0.0, 1.0), "Nucleus sampling"),
     _key("TOP_K", _number("TOP_K", int, 0, 1000), "Top-k sampling; 0 = off"),
     _key("REPETITION_PENALTY", _number("REPETITION_PENALTY", float, 1.0, 2.0),
-         "Penalty on tokens of the recent conversation; 1.0 = off"),
+         "Token penalty on the recent conversation (line breaks and names exempt); 1.0 = off"),
+    _key("MIN_P", _number("MIN_P", float, 0.0, 1.0),
+         "Drop tokens below this share of the likeliest token's probability; 0 = off"),
+    _key("DRY_MULTIPLIER", _number("DRY_MULTIPLIER", float, 0.0, 10.0),
+         "DRY penalty on continuing a repeated sequence (line breaks, ':', quotes, '*' and "
+         "names never count); 0 = off"),
+    _key("DRY_BASE", _number("DRY_BASE", float, 1.0, 4.0),
+         "How fast the DRY penalty grows with each further repeated token"),
+    _key("DRY_ALLOWED_LENGTH", _number("DRY_ALLOWED_LENGTH", int, 1, 20),
+         "Longest repeated sequence (in tokens) DRY lets pass unpenalised"),
     _key("REPETITION_WINDOW_TOKENS", _number("REPETITION_WINDOW_TOKENS", int, 0, 4096),
          "How many recent conversation tokens the penalty looks at (persona never counts)"),
     _key("REPETITION_GUARD", _flag("REPETITION_GUARD"),
          "Trim loops in a reply and resample near-duplicates of recent replies"),
     _key("REPETITION_RETRIES", _number("REPETITION_RETRIES", int, 0, 5),
-         "Resamples allowed when a reply repeats itself or a recent reply"),
+         "Resamples allowed when a reply repeats a recent one or the character uses another "
+         "name"),
     _key("NEAR_DUPLICATE_THRESHOLD", _number("NEAR_DUPLICATE_THRESHOLD", float, 0.1, 1.0),
          "Similarity to one of the last 5 replies that counts as a repeat"),
     _key("QUEUE_MAX", _number("QUEUE_MAX", int, 1, 10000),

@@ -3,11 +3,11 @@
 This is the only module that imports torch and transformers. Everything here is synchronous;
 the worker calls `Engine.generate` from a thread so the event loop never waits on the model.
 
-A batch is one `model.generate` call over left-padded prompts. Two pieces are ours rather than
+A batch is one `model.generate` call over left-padded prompts. Some pieces are ours rather than
 Hugging Face's, because the built-in versions act on the whole batch or the whole prompt:
 - `StopOnStrings` stops each row at its own stop strings (the next speaker's turn);
-- `WindowedRepetitionPenalty` penalises only the recent conversation and the reply so far, so a
-  character is never pushed away from the words of its own persona.
+- the penalties of `pygbot.sampling` (DRY and the windowed repetition penalty) look only at
+  each row's recent conversation and never punish its turn structure.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -33,9 +32,17 @@ from transformers import (
 )
 
 from pygbot.config import DEVICES, DTYPES
+from pygbot.sampling import (
+    DryConfig,
+    SamplingSetup,
+    breaker_token_ids,
+    build_logits_processors,
+    token_mask,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_CONTEXT_TOKENS = 2048  # used when a model's config does not say (Pygmalion 1.3B's size)
+STRUCTURE_MASKS_KEPT = 64  # breaker sets remembered (one per character and set of names)
 STOP_TAIL_SLACK_TOKENS = 8  # decoded beyond the longest stop string, for merges at its edges
 MAX_REASON_CHARS = 200  # an error's reason is cut here so the startup message stays one line
 FIX_MODEL_HINT = (
@@ -271,32 +278,6 @@ class StopOnStrings(StoppingCriteria):
         return hits
 
 
-class WindowedRepetitionPenalty(LogitsProcessor):
-    """The CTRL / Hugging Face repetition penalty, counting only each row's recent tokens.
-
-    A token id is penalised in row b when it occurs in `input_ids[b, starts[b]:]`: the prompt
-    from that row's penalty window on, plus everything generated so far. Left padding sits
-    before every start, so pads never count. transformers runs processors passed to generate()
-    before its temperature/top-k/top-p warpers, so the penalty shapes what top-p keeps.
-    """
-
-    def __init__(self, penalty: float, starts: torch.Tensor) -> None:
-        self._penalty = penalty
-        self._starts = starts  # (batch,) first counted position in the padded input
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        batch, vocab = scores.shape
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
-        starts = self._starts.to(input_ids.device)
-        counted = positions[None, :] >= starts[:, None]  # (batch, seq)
-        # Ids outside the window go to a spare column `vocab`, dropped after the scatter.
-        ids = input_ids.masked_fill(~counted, vocab)  # (batch, seq)
-        seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=scores.device)
-        seen = seen.scatter_(1, ids, True)[:, :vocab]  # (batch, vocab)
-        penalised = torch.where(scores > 0, scores / self._penalty, scores * self._penalty)
-        return torch.where(seen, penalised, scores)
-
-
 def penalty_starts(offsets: torch.Tensor, penalty_from: Sequence[int]) -> torch.Tensor:
     """Per row, the first padded position whose token ends after its `penalty_from` character.
 
@@ -314,8 +295,17 @@ def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
     """`generate` arguments for params; greedy passes no sampling knobs (HF warns about them)."""
     if params.temperature <= 0:
         return {"do_sample": False}
-    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p,
-            "top_k": params.top_k}  # top_k=0 switches HF's top-k filter off
+    knobs: dict[str, Any] = {"do_sample": True, "temperature": params.temperature,
+                             "top_p": params.top_p,
+                             "top_k": params.top_k}  # top_k=0 switches HF's top-k filter off
+    if params.min_p > 0:
+        knobs["min_p"] = params.min_p
+    return knobs
+
+
+def dry_config(params: GenerationParams) -> DryConfig:
+    return DryConfig(multiplier=params.dry_multiplier, base=params.dry_base,
+                     allowed_length=params.dry_allowed_length)
 
 
 def group_by_params(requests: Sequence[GenerationRequest]) -> dict[GenerationParams, list[int]]:
@@ -336,6 +326,7 @@ class _Encoded:
     input_ids: torch.Tensor  # (batch, seq), left-padded
     attention_mask: torch.Tensor  # (batch, seq), 0 on pads
     penalty_starts: torch.Tensor  # (batch,)
+    structure: torch.Tensor  # (batch, vocab) bool: DRY breakers, never penalised
 
 
 class Engine:
@@ -353,6 +344,8 @@ class Engine:
         # the worker thread.
         self._tokenizer_lock = threading.Lock()
         self._eos_ids = _eos_ids(model, tokenizer)
+        self._token_texts: list[str] | None = None  # every token's text, decoded on first use
+        self._structure_masks: dict[tuple[str, ...], torch.Tensor] = {}
 
     @classmethod
     def load(cls, model: str, device: str = "auto", dtype: str = "auto") -> Engine:
@@ -408,14 +401,33 @@ class Engine:
             # A row of nothing but pads has nothing to attend to.
             raise ValueError("cannot generate from an empty prompt")
         starts = penalty_starts(batch["offset_mapping"], [r.penalty_from for r in requests])
-        return _Encoded(batch["input_ids"], batch["attention_mask"], starts)
+        structure = torch.stack([self._structure_mask(r.dry_sequence_breakers)
+                                 for r in requests])
+        return _Encoded(batch["input_ids"], batch["attention_mask"], starts, structure)
+
+    def _structure_mask(self, breakers: tuple[str, ...]) -> torch.Tensor:
+        """(vocab,) bool: the tokens that carry `breakers`, plus end of text."""
+        mask = self._structure_masks.get(breakers)
+        if mask is None:
+            with self._tokenizer_lock:
+                if self._token_texts is None:
+                    self._token_texts = self._tokenizer.batch_decode(
+                        [[index] for index in range(len(self._tokenizer))])
+                texts = self._token_texts
+                encodings = [self._tokenizer(text, add_special_tokens=False)["input_ids"]
+                             for breaker in breakers for text in (breaker, f" {breaker}")]
+            ids = breaker_token_ids(texts, encodings, breakers) | self._eos_ids
+            mask = token_mask(len(texts), ids)
+            if len(self._structure_masks) >= STRUCTURE_MASKS_KEPT:
+                self._structure_masks.pop(next(iter(self._structure_masks)))
+            self._structure_masks[breakers] = mask
+        return mask
 
     def _run_model(self, encoded: _Encoded, params: GenerationParams,
                    stops: StopOnStrings) -> torch.Tensor:
-        processors = LogitsProcessorList()
-        if params.repetition_penalty != 1.0:
-            processors.append(WindowedRepetitionPenalty(params.repetition_penalty,
-                                                        encoded.penalty_starts))
+        setup = SamplingSetup(encoded.penalty_starts, encoded.structure, encoded.structure)
+        processors: LogitsProcessorList = build_logits_processors(
+            repetition_penalty=params.repetition_penalty, dry=dry_config(params), setup=setup)
         self._warn_if_over_context(encoded.input_ids.shape[1] + params.max_new_tokens)
         with torch.inference_mode():
             if params.seed is not None:

@@ -54,6 +54,28 @@ _INVISIBLE = {"Cf", "Cc", "Co", "Cs", "Cn"}
 # (the other control characters Python splits lines at are dropped as invisible).
 _LINE_BREAKS = str.maketrans({"\r": "\n", "\v": "\n", "\f": "\n", "\x85": "\n",
                               "\u2028": "\n", "\u2029": "\n"})
+# Up to three words at the start of a line, then a colon and a space (or the line's end).
+_LABEL = re.compile(r"^\s*([^\W\d_][\w'’-]*(?: [\w'’-]+){0,2})\s*:(?=\s|$)")
+# Words that make "words + colon" a sentence rather than a label: articles, pronouns,
+# auxiliaries and conjunctions ("Here's the thing:", "I mean:", "So that's it:").
+_SENTENCE_WORDS = frozenset([
+    "a", "an", "the", "and", "but", "or", "so", "then", "if", "because", "i", "i'm", "i've", "i'd",
+    "me", "it", "it's", "this", "that", "these", "those", "here", "here's", "there", "there's",
+    "what", "what's", "who", "how", "why", "when", "is", "are", "was", "were", "be", "been", "am",
+    "have", "has", "had", "do", "does", "did", "will", "would", "can", "could", "should", "must",
+    "may", "might", "let", "let's", "he", "she", "we", "they", "you", "you're", "we're", "they're",
+    "he's", "she's", "his", "her", "its", "our", "their", "of", "in", "on", "at", "to", "for",
+    "with", "as", "like", "just", "well", "oh", "ah", "hmm", "yes", "no", "not", "only", "also",
+    "now", "anyway", "guess", "thing", "things", "one", "mean",
+])
+# Markup the model invents between or after turns; text from here on is not the reply.
+_PSEUDO_TAG = re.compile(
+    r"<\s*/[^<>\n]{0,40}>"  # closing tags: </s>, </reply>
+    r"|<\|[^<>|\n]{0,40}\|>"  # special-token text: <|im_end|>, <|endoftext|>
+    r"|<\s*[A-Z][A-Z0-9 _'-]{1,40}>"  # upper-case tags: <END>, <END OF CONVERSATION>, <BOT>
+    r"|(?i:<\s*(?:start|end)\b[^<>\n]{0,40}>)"  # <start>, < End of dialogue >
+)
+_SEPARATOR_LINE = re.compile(r"^\s*(?:[-=_~#*•]\s*){3,}$")  # "..." alone is a pause, not one
 _SENTENCE_END = re.compile(r"[.!?…*\"')\]~]+(?=\s|$)")
 
 CountTokens = Callable[[str], int]
@@ -316,28 +338,50 @@ def _window_start(
 # --- reading the reply -------------------------------------------------------------------------
 
 def extract_reply(generated: str, persona_name: str, speakers: Sequence[str]) -> str:
-    """The character's reply from the model's continuation: cut at the first line that starts
-    anyone's turn (a known speaker, any `Name:` line, or `<START>`), trimmed of whitespace.
+    """The character's reply from the model's continuation: cut where the model leaves the
+    character's turn, trimmed of whitespace. That is the first of:
+    - a later line that starts anyone's turn (a known speaker, any `Name:` line) or any other
+      label-like line, lower-case words included (`Your name:`, `Coming up next:`);
+    - a separator line (`---`, `***`, `===`);
+    - a pseudo-tag anywhere (`<START>`, `<END OF CONVERSATION>`, `</p>`, `<|im_end|>`).
+    Ordinary text with a colon stays: `Here's the thing: ...`, `and then: ...`, `12:30`.
 
     May return "" — the caller must never post that as a reply.
     """
-    text = _START_MARK.split(clean_text(generated), maxsplit=1)[0]
+    text = clean_text(generated)
+    tag = _PSEUDO_TAG.search(text)
+    if tag:
+        text = text[:tag.start()]
     own_label = re.compile(rf"^\s*{re.escape(persona_name)}\s*:\s*", re.IGNORECASE)
     text = own_label.sub("", text, count=1)  # the model sometimes repeats its own label first
     known = "|".join(re.escape(speaker) for speaker in sorted(speakers, key=len, reverse=True))
     known_turn = re.compile(rf"^\s*(?:{known})\s*:", re.IGNORECASE)
-    any_turn = re.compile(rf"^\s*{_NAME_LABEL}")
     lines = text.split("\n")
     for index, line in enumerate(lines[1:], start=1):
-        if known_turn.match(line) or any_turn.match(line):
+        if known_turn.match(line) or is_label_line(line) or _SEPARATOR_LINE.match(line):
             lines = lines[:index]
             break
     return "\n".join(lines).strip()
 
 
+def is_label_line(line: str) -> bool:
+    """Whether `line` opens with a label of up to three words and a colon — a speaker
+    (`Bob Smith:`) or a heading the model invents (`Your name:`, `user:`) — rather than a
+    sentence that happens to contain a colon (`Here's the thing: ...`, `and then: ...`)."""
+    if re.match(rf"^\s*{_NAME_LABEL}", line):
+        return True
+    match = _LABEL.match(line)
+    if not match:
+        return False
+    label_words = match.group(1).casefold().replace("’", "'").split()
+    return not any(word in _SENTENCE_WORDS for word in label_words)
+
+
 def trim_unfinished_sentence(text: str) -> str:
-    """Drop a trailing half sentence left when generation hit the token limit."""
+    """End a reply that hit the token limit on a finished sentence: drop the trailing half
+    sentence, or, when not one sentence finished, mark the cut with an ellipsis."""
+    text = text.strip()
     ends = list(_SENTENCE_END.finditer(text))
-    if not ends or ends[-1].end() == len(text.rstrip()):
-        return text.strip()
+    if not ends:
+        return f"{text.rstrip(' ,;:-–—')}…" if text else text
     return text[: ends[-1].end()].strip()

@@ -15,7 +15,10 @@ from difflib import SequenceMatcher
 
 LOOP_NGRAM_WORDS = 6  # a run of this many words seen twice in one reply is a loop
 RECENT_REPLIES = 5  # a new reply is compared with the character's last this-many replies
-MIN_WORDS_FOR_SIMILARITY = 4  # "Yes." twice is an answer, not a loop
+# Below this many words the word-overlap ratio says little ("No." vs "No way." is 0.67), so a
+# short reply counts as a repeat only when it says exactly what a recent reply said: "No."
+# ten times in a row is a loop, one "No." is an answer.
+MIN_WORDS_FOR_SIMILARITY = 4
 
 _WORD = re.compile(r"[\w'’]+")
 _SENTENCE = re.compile(r"[^.!?…\n]+(?:[.!?…]+[\"'”’)*]*|\n|$)")
@@ -74,8 +77,11 @@ def similarity(first: str, second: str) -> float:
 
 
 def max_similarity(reply: str, earlier: Iterable[str]) -> float:
-    if len(words(reply)) < MIN_WORDS_FOR_SIMILARITY:
-        return 0.0
+    """The highest similarity of `reply` to any of `earlier`; for a short reply, 1.0 when it
+    repeats one of them word for word and 0.0 otherwise."""
+    said = words(reply)
+    if len(said) < MIN_WORDS_FOR_SIMILARITY:
+        return 1.0 if said and any(words(previous) == said for previous in earlier) else 0.0
     return max((similarity(reply, previous) for previous in earlier), default=0.0)
 
 

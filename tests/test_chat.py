@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pygbot.chat import Author, ChatConfig, ChatService, EmptyReplyError, NothingToRegenerateError
+from pygbot.chat import (
+    Author,
+    ChatConfig,
+    ChatService,
+    EmptyReplyError,
+    NothingToRegenerateError,
+    RejectedReplyError,
+)
 from pygbot.engine import Engine, GenerationParams
 from pygbot.library import PersonaLibrary
 from pygbot.store import Store
@@ -116,6 +123,48 @@ async def test_a_near_duplicate_of_a_recent_reply_is_resampled(
     assert len({r.params.seed for r in engine.requests}) == len(engine.requests)  # new seeds
     first_try, retry = engine.requests[-2:]
     assert retry.params.temperature > first_try.params.temperature  # and a hotter one
+
+
+async def test_a_short_reply_said_again_is_resampled_not_posted(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" No.")
+    await chat.reply(CHANNEL, GUILD, SAM, "Will it rain?")
+    engine.script(" No.", " Maybe tomorrow, the clouds look heavy.")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "Will it snow?")
+    assert reply.turn.text == "Maybe tomorrow, the clouds look heavy."
+
+
+async def test_a_reply_that_repeats_on_every_try_is_not_posted_or_stored(
+    scripted: tuple[ChatService, ScriptedEngine], store: Store,
+) -> None:
+    chat, engine = scripted
+    engine.script(" No.")
+    await chat.reply(CHANNEL, GUILD, SAM, "Will it rain?")
+    engine.script(" No.", " No!", " no")
+    with pytest.raises(RejectedReplyError):
+        await chat.reply(CHANNEL, GUILD, SAM, "Will it snow?")
+    assert [turn.text for turn in await store.history(CHANNEL, 10)][-1] == "No."
+
+
+async def test_a_reply_where_the_character_takes_another_name_is_resampled(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" Hi! I'm Luna, the ship's cook.", " Hi! I'm Aria, your navigator.")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "Who are you?")
+    assert reply.turn.text == "Hi! I'm Aria, your navigator."
+
+
+async def test_the_turn_structure_and_speaker_names_are_dry_sequence_breakers(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" Hello!")
+    await chat.reply(CHANNEL, GUILD, SAM, "Hi")
+    breakers = engine.requests[-1].dry_sequence_breakers
+    assert {"\n", ":", "\"", "*", "You", "Aria"} <= set(breakers)
 
 
 async def test_without_the_guard_the_penalty_covers_the_whole_prompt(

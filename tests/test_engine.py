@@ -17,11 +17,11 @@ from pygbot.engine import (
     EngineLoadError,
     GenerationParams,
     GenerationRequest,
-    WindowedRepetitionPenalty,
     group_by_params,
     penalty_starts,
     resolve_device,
     resolve_dtype,
+    sampling_kwargs,
 )
 
 PERSONA = "Aria's Persona: Aria is a cheerful ship's navigator who loves stars and maps.\n<START>\n"
@@ -245,26 +245,6 @@ def test_a_failing_listener_costs_no_reply(tiny_engine: Engine) -> None:
 
 # --- the windowed repetition penalty -------------------------------------------------------------
 
-def test_penalty_touches_only_tokens_inside_each_rows_window() -> None:
-    input_ids = torch.tensor([[1, 2, 3, 4],    # window from position 2: tokens 3, 4
-                              [5, 5, 1, 2]])   # window from position 0: tokens 5, 1, 2
-    scores = torch.tensor([[2.0, 2.0, 2.0, 2.0, -2.0, 2.0],
-                           [2.0, 2.0, -2.0, 2.0, 2.0, 2.0]])
-    processor = WindowedRepetitionPenalty(2.0, starts=torch.tensor([2, 0]))
-
-    penalised = processor(input_ids, scores.clone())
-
-    assert penalised.tolist() == [[2.0, 2.0, 2.0, 1.0, -4.0, 2.0],   # 1, 2 before the window
-                                  [2.0, 1.0, -4.0, 2.0, 2.0, 1.0]]
-
-
-def test_a_window_past_the_prompt_leaves_every_prompt_token_alone() -> None:
-    input_ids = torch.tensor([[0, 1, 2, 3]])
-    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0]])
-    processor = WindowedRepetitionPenalty(3.0, starts=torch.tensor([4]))
-    assert torch.equal(processor(input_ids, scores.clone()), scores)
-
-
 def test_penalty_starts_map_characters_to_left_padded_token_positions(
     tiny_model_dir: Path,
 ) -> None:
@@ -323,6 +303,32 @@ def prompt_tokens(model_dir: Path, prompt: str, since: int) -> set[str]:
     encoded = tokenizer(prompt, return_offsets_mapping=True)
     return {str(tokenizer.decode([token])) for token, (_, end)
             in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True) if end > since}
+
+
+def _longest_repeat(ids: list[int]) -> int:
+    """Length of the longest token sequence that occurs twice in `ids`."""
+    length = 0
+    while len(set(grams := [tuple(ids[i:i + length + 1])
+                            for i in range(len(ids) - length)])) < len(grams):
+        length += 1
+    return length
+
+
+def test_dry_stops_the_greedy_loop_of_the_model(tiny_engine: Engine) -> None:
+    def longest_repeat(multiplier: float) -> int:
+        params = replace(GREEDY, max_new_tokens=48, dry_multiplier=multiplier)
+        [result] = tiny_engine.generate([GenerationRequest(
+            PROMPT, params=params, dry_sequence_breakers=("\n", ":"))])
+        return _longest_repeat(tiny_engine._tokenizer(result.text)["input_ids"])
+
+    assert longest_repeat(0.0) >= 8  # the random model loops when nothing stops it
+    assert longest_repeat(100.0) <= 4
+
+
+def test_min_p_is_passed_to_generate_only_when_on() -> None:
+    assert "min_p" not in sampling_kwargs(GenerationParams(min_p=0.0))
+    assert sampling_kwargs(GenerationParams(min_p=0.1))["min_p"] == 0.1
+    assert "min_p" not in sampling_kwargs(GenerationParams(temperature=0.0, min_p=0.1))
 
 
 def test_an_empty_prompt_is_refused(tiny_engine: Engine) -> None:

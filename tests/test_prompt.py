@@ -190,6 +190,36 @@ def test_reply_keeps_lowercase_colons_and_drops_a_repeated_own_label() -> None:
     assert extract_reply("Aria: the plan: go north", "Aria", ("You",)) == "the plan: go north"
 
 
+def test_reply_is_cut_at_label_lines_the_model_invents_in_lower_case() -> None:
+    speakers = ("You", "Aria")
+    assert extract_reply(" Sure thing!\nYour name: Sam\nAge: 20", "Aria", speakers) == "Sure thing!"
+    assert extract_reply(" Good night.\nComing up next: the weather", "Aria", speakers) == \
+        "Good night."
+    assert extract_reply(" Hi.\nuser: tell me more", "Aria", speakers) == "Hi."
+    assert extract_reply(" Hi.\nsam's reply: ok", "Aria", speakers) == "Hi."
+
+
+def test_ordinary_lines_with_a_colon_are_kept() -> None:
+    speakers = ("You", "Aria")
+    for reply in ("Oh!\nHere's the thing: the rings are ice.",
+                  "Look.\n*smiles* and then: nothing at all",
+                  "Hmm.\nI mean: why not?",
+                  "Wake me at\n12:30 please.",
+                  "See\nhttps://example.com for more",
+                  "Well...\n...\nmaybe."):
+        assert extract_reply(reply, "Aria", speakers) == reply
+
+
+def test_reply_is_cut_at_pseudo_tags_and_separator_lines() -> None:
+    speakers = ("You", "Aria")
+    assert extract_reply(" Bye! <END OF CONVERSATION> Copyright 2021", "Aria", speakers) == "Bye!"
+    assert extract_reply(" Bye!\n<End of dialogue>", "Aria", speakers) == "Bye!"
+    assert extract_reply(" Sure.</p><p>Next", "Aria", speakers) == "Sure."
+    assert extract_reply(" Sure.<|im_end|>", "Aria", speakers) == "Sure."
+    assert extract_reply(" Sure.\n---\nChapter two", "Aria", speakers) == "Sure."
+    assert extract_reply(" Sure.\n* * *\nLater", "Aria", speakers) == "Sure."
+
+
 def test_an_empty_continuation_gives_an_empty_reply() -> None:
     assert extract_reply("\nYou: hello", "Aria", ("You", "Aria")) == ""
     assert extract_reply("   ", "Aria", ("You",)) == ""
@@ -197,7 +227,7 @@ def test_an_empty_continuation_gives_an_empty_reply() -> None:
 
 def test_unfinished_sentence_is_trimmed() -> None:
     assert trim_unfinished_sentence("I like stars. They are so") == "I like stars."
-    assert trim_unfinished_sentence("no sentence end at all") == "no sentence end at all"
+    assert trim_unfinished_sentence("no sentence end at all,") == "no sentence end at all…"
     assert trim_unfinished_sentence("Done! *smiles*") == "Done! *smiles*"
 
 

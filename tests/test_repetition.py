@@ -5,6 +5,7 @@ from __future__ import annotations
 from pygbot.repetition import (
     distinct_n,
     is_near_duplicate,
+    max_similarity,
     seq_rep_n,
     similarity,
     trim_loop,
@@ -35,6 +36,19 @@ def test_near_duplicates_of_recent_replies_are_detected() -> None:
     recent = ["Oh, hello there! How are you doing today?", "The stars are lovely tonight."]
     assert is_near_duplicate("Oh hello there! How are you doing today?", recent, 0.75)
     assert not is_near_duplicate("I have never seen a comet up close.", recent, 0.75)
+
+
+def test_a_short_reply_said_word_for_word_again_is_a_near_duplicate() -> None:
+    recent = ["The stars are lovely tonight.", "No."]
+    assert is_near_duplicate("no!", recent, 0.75)
+    assert max_similarity("No.", recent) == 1.0
+
+
+def test_a_short_reply_that_differs_from_every_recent_one_is_not_a_duplicate() -> None:
+    recent = ["No.", "Maybe later, friend."]
+    assert not is_near_duplicate("No way.", recent, 0.75)
+    assert not is_near_duplicate("Yes.", recent, 0.75)
+    assert max_similarity("*nods*", []) == 0.0
 
 
 def test_only_the_last_five_replies_count_as_recent() -> None:

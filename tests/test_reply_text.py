@@ -14,7 +14,8 @@ PIECES = ["Hello", " there", " friend", ".", "!", "?", "…", " ", "  ", "\n", "
           "You:", ":", "Bob", " Smith", "Bob Smith:", "Dr.", " Who:", "Aria", "Aria:", "<",
           "START", "<START>", "< start", ">", "sta", "I love you.", " I love you", " so much.",
           "*waves*", '"', "'", ")", "3.5", "ok", " and then: yes", " hi", " a b c d e f",
-          "Zed Q:", "\u00e9", "e\u0301"]
+          "Zed Q:", "\u00e9", "e\u0301", "Your name:", " next:", "</p>", "<END OF>", "---",
+          "* *"]
 texts = st.lists(st.sampled_from(PIECES), max_size=24).map("".join)
 
 
