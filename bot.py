@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Logging is up before the settings are read, so warnings about them (a misspelt key in
+    # .env) look like every other log line; LOG_LEVEL applies once it is known.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(env_file=args.env_file)
     except ConfigError as error:
@@ -43,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.console and not settings.discord_token:
         return _fail("DISCORD_TOKEN is not set: put your bot token in .env (see README), "
                      "or run `python bot.py --console` to chat in the terminal", EXIT_USAGE)
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(settings.log_level)
     # Heavy imports (torch, transformers) wait until the settings are known to be good.
     from pygbot.app import StartupError
 

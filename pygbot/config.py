@@ -6,15 +6,18 @@ the README table and the error messages cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import os
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dotenv import dotenv_values
-
+from pygbot.envfile import EnvFileError, read_env_file
 from pygbot.prompt import MIN_PROMPT_TOKENS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "PygmalionAI/pygmalion-1.3b"
 DEVICES = ("auto", "cuda", "cpu")
@@ -31,13 +34,18 @@ class ConfigError(ValueError):
         self.key = key
 
 
-class ConflictError(ConfigError):
-    """Settings that are valid alone but impossible together; `str()` is one line naming
-    them and what to change."""
+class WordedConfigError(ConfigError):
+    """A problem worded in full by the caller (one line), without echoing the value: it may
+    be the token, or text that would break the line."""
 
     def __init__(self, key: str, message: str) -> None:
         ValueError.__init__(self, message)
         self.key = key
+
+
+class ConflictError(WordedConfigError):
+    """Settings that are valid alone but impossible together; `str()` is one line naming
+    them and what to change."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +93,23 @@ class Settings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
     ) -> Settings:
-        """Read `.env` (if present) under the process environment, which wins, and validate."""
+        """Read `.env` (if present) under the process environment, which wins, and validate.
+
+        Keys in `.env` that are not settings are logged as warnings (with the closest
+        setting's name for a misspelling); everything else wrong is a `ConfigError`.
+        """
         values: dict[str, str] = {}
-        if env_file is not None and Path(env_file).is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        if env_file is not None and Path(env_file).exists():
+            try:
+                env = read_env_file(Path(env_file), _KEY_NAMES)
+            except EnvFileError as error:
+                raise WordedConfigError(".env", str(error)) from None
+            for warning in env.warnings:
+                log.warning("%s", warning)
+            values.update(env.values)
         values.update(os.environ if environ is None else environ)
-        return cls(**{key.field: key.parse(values[key.name]) for key in _KEYS
-                      if values.get(key.name, "").strip() != ""})
+        return cls(**{key.field: key.parse(_printable(key.name, values[key.name]))
+                      for key in _KEYS if values.get(key.name, "").strip() != ""})
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log: the token is never shown."""
@@ -122,6 +140,27 @@ def check_combinations(settings: Settings, context_tokens: int | None = None) ->
 
 
 # --- parsing -----------------------------------------------------------------------------------
+
+def _printable(key: str, raw: str) -> str:
+    """`raw` if it holds no control character and no byte that was not UTF-8 (which the
+    environment hands over as a lone surrogate); such a value would reach a file path or a
+    header and fail far from here. The value itself is not shown: it may be the token."""
+    if any(char != "\t" and unicodedata.category(char) in ("Cc", "Cs") for char in raw):
+        raise WordedConfigError(key, f"{key} contains a control character or bytes that are not "
+                                 "UTF-8 text; write it again in a plain text editor")
+    return raw
+
+
+def _token(raw: str) -> str:
+    """A bot token is printable ASCII without spaces (three dot-separated base64 parts);
+    anything else is a bad paste, refused here instead of failing inside the HTTP client."""
+    token = raw.strip()
+    if not all(char.isascii() and char.isprintable() and not char.isspace() for char in token):
+        raise WordedConfigError("DISCORD_TOKEN", (
+            "DISCORD_TOKEN contains spaces or characters a bot token never has; copy the "
+            "token again from the Developer Portal (Bot → Reset Token)"))
+    return token
+
 
 def _choice(key: str, choices: tuple[str, ...], upper: bool = False) -> Callable[[str], str]:
     def parse(raw: str) -> str:
@@ -192,7 +231,7 @@ def _key(name: str, parse: Callable[[str], Any], help: str) -> _Key:
 
 
 _KEYS: tuple[_Key, ...] = (
-    _key("DISCORD_TOKEN", str.strip, "Bot token from the Developer Portal (secret)"),
+    _key("DISCORD_TOKEN", _token, "Bot token from the Developer Portal (secret)"),
     _key("MODEL", str.strip, "Hugging Face model id or a local model folder"),
     _key("DEVICE", _choice("DEVICE", DEVICES), "auto, cuda or cpu"),
     _key("DTYPE", _choice("DTYPE", DTYPES),
@@ -259,6 +298,9 @@ _KEYS: tuple[_Key, ...] = (
          "Gateway websocket of a Discord-compatible server; empty = Discord"),
     _key("LOG_LEVEL", _choice("LOG_LEVEL", LOG_LEVELS, upper=True), "Logging verbosity"),
 )
+
+
+_KEY_NAMES = frozenset(key.name for key in _KEYS)
 
 
 def documented_keys() -> list[tuple[str, str, str]]:

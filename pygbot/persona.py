@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 NAME_MAX_CHARS = 32
 TEXT_MAX_CHARS = 4000
 PERSONA_FILE_MAX_BYTES = 256 * 1024
+# Cards nest a few levels ({"data": {"character_book": {"entries": [{"keys": [...]}]}}});
+# anything deeper is not a character. Checked before parsing, because Python's JSON parser
+# recurses once per level and a file of a few KB of "[[[[" would exhaust the stack.
+PERSONA_FILE_MAX_DEPTH = 20
 
 
 # Keys of TavernAI-style character cards, mapped onto ours.
@@ -123,14 +127,41 @@ def load_persona_file(path: Path) -> Persona:
     try:
         if path.stat().st_size > PERSONA_FILE_MAX_BYTES:
             raise PersonaError(f"file is larger than {PERSONA_FILE_MAX_BYTES // 1024} KiB")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise PersonaError(f"cannot read file: {error}") from error
+    if json_depth(text) > PERSONA_FILE_MAX_DEPTH:
+        raise PersonaError(f"JSON nested more than {PERSONA_FILE_MAX_DEPTH} levels deep")
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise PersonaError(f"not valid JSON: {error.msg} at line {error.lineno}") from error
     if not isinstance(data, dict):
         raise PersonaError("the file must hold a JSON object")
     return Persona.from_dict(data).with_placeholders_filled()
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of JSON `text` nest, brackets inside strings not
+    counted; a linear scan that never recurses, so any text can be measured safely."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def load_persona_dir(directory: Path) -> dict[str, Persona]:

@@ -99,3 +99,61 @@ def test_a_context_too_small_for_the_reply_stops_startup_with_one_line(tmp_path:
     assert result.stderr.startswith("pygbot: CONTEXT_TOKENS of 256 tokens minus "
                                     "MAX_NEW_TOKENS=512 leaves -256 tokens for the prompt")
     assert "raise CONTEXT_TOKENS to 1024 or more, or lower MAX_NEW_TOKENS" in result.stderr
+
+
+# --- .env problems: one line, exit 2; unknown keys warn ---------------------------------------
+
+SECRET = "MTIz.secret-token.value"
+
+
+def run_with_env_file(tmp_path: Path, content: bytes) -> subprocess.CompletedProcess[str]:
+    """`python bot.py` (no token in the environment) with this `.env`."""
+    (tmp_path / ".env").write_bytes(content)
+    return run_bot(env={"PATH": ""}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"MODEL=models/pyg\nPERSONAS_DIR=caf\xe9\n", ".env line 2 is not UTF-8 text (byte 0xe9)"),
+    (b"MODEL=\"models/pyg\nTEMPERATURE=0.5\n", ".env line 1 is not KEY=value"),
+    (b"# settings\nDISCORD_TOKEN " + SECRET.encode() + b"\n", ".env line 2 is not KEY=value"),
+    (SECRET.encode() + b"\n", ".env line 1 has a name but no '='"),
+    (b"CONTEXT_TOKENS=\xef\xbc\x92\xef\xbc\x90\xef\xbc\x94\xef\xbc\x98\n",
+     "written in ASCII digits 0-9"),
+    (b"DB_PATH=data/bot\x00.sqlite3\n", "DB_PATH contains a control character"),
+    (b"DISCORD_TOKEN=\"" + SECRET.encode() + b" \xe2\x80\x8b\"\n",
+     "DISCORD_TOKEN contains spaces or characters a bot token never has"),
+])
+def test_any_env_file_problem_is_one_line_and_status_2_without_the_secret(
+    tmp_path: Path, content: bytes, expected: str,
+) -> None:
+    result = run_with_env_file(tmp_path, content)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("pygbot: ") and expected in result.stderr
+    assert "Traceback" not in result.stderr and "secret-token" not in result.stderr
+
+
+def test_a_misspelt_key_in_env_is_warned_about_with_the_closest_setting(tmp_path: Path) -> None:
+    result = run_with_env_file(tmp_path, b"TEMPRATURE=0.5\nmodel=x\nFAVOURITE_COLOUR=blue\n")
+    assert result.returncode == 2  # no DISCORD_TOKEN: the warnings come first
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 3
+    assert warnings[0].endswith(".env line 1: TEMPRATURE is not a pygbot setting; "
+                                "did you mean TEMPERATURE?")
+    assert warnings[1].endswith(".env line 2: model is not a pygbot setting; did you mean MODEL?")
+    assert warnings[2].endswith("FAVOURITE_COLOUR is not a pygbot setting; it is ignored")
+    assert result.stderr.splitlines()[-1].startswith("pygbot: DISCORD_TOKEN is not set")
+
+
+def test_an_env_file_with_a_byte_order_mark_quotes_and_export_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"\xef\xbb\xbfexport MODEL='models/my pyg'  # local copy\n"
+                         b"TEMPERATURE = \"0.5\"\n\n# comment\nSPEAKER_LABELS=\n")
+    settings = Settings.from_env({}, env_file=env_file)
+    assert settings.model == "models/my pyg" and settings.temperature == 0.5
+    assert settings.speaker_labels == "you"
+
+
+def test_a_control_character_from_the_environment_is_refused_too() -> None:
+    with pytest.raises(ConfigError, match=r"^MODEL contains a control character"):
+        Settings.from_env({"MODEL": "models/\x1b[31mpyg"}, env_file=None)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +66,59 @@ def test_a_saved_persona_loads_back_unchanged(tmp_path: Path) -> None:
     persona = Persona(name="Zoë", persona="Émigré poet.", greeting="Bonjour!")
     save_persona_file(persona, tmp_path)
     assert load_persona_dir(tmp_path)["zoë"] == persona
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: under the size limit, far over the depth limit
+
+
+def test_a_deeply_nested_file_is_skipped_with_one_line_and_the_rest_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    save_persona_file(Persona(name="Good", persona="Fine."), tmp_path)
+    (tmp_path / "deep.json").write_text(DEEP)
+    nested_card = {"name": "Nest", "persona": "p", "extensions": DEEP}  # brackets in a string
+    (tmp_path / "nest.json").write_text(json.dumps(nested_card))
+    (tmp_path / "big.json").write_text(json.dumps({"name": "Big", "persona": "p" * 300_000}))
+    with caplog.at_level(logging.WARNING):
+        personas = load_persona_dir(tmp_path)
+    assert sorted(personas) == ["good", "nest"]
+    assert "deep.json: JSON nested more than 20 levels deep" in caplog.text
+    assert "big.json: file is larger than 256 KiB" in caplog.text
+    assert len(caplog.records) == 2
+
+
+def run_console(tmp_path: Path, personas: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DB_PATH": str(tmp_path / "db.sqlite3"), "PERSONAS_DIR": str(personas),
+           "MAX_NEW_TOKENS": "8", "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING"}
+    return subprocess.run([sys.executable, str(REPO / "bot.py"), "--console", "--model",
+                           str(model)], input="Hello\n", env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_start_up_survives_a_deeply_nested_persona_file(
+    tmp_path: Path, tiny_model_dir: Path,
+) -> None:
+    personas = tmp_path / "personas"
+    save_persona_file(Persona(name="Good", persona="Fine.", greeting="Hi there."), personas)
+    (personas / "deep.json").write_text(DEEP)
+    result = run_console(tmp_path, personas, tiny_model_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Good: Hi there.")
+    assert "Traceback" not in result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if "deep.json" in line]
+    assert warning.endswith("skipped persona file deep.json: JSON nested more than 20 levels "
+                            "deep")
+
+
+def test_start_up_is_refused_in_one_line_when_only_a_nested_file_is_left(
+    tmp_path: Path, tiny_model_dir: Path,
+) -> None:
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "deep.json").write_text(DEEP)
+    result = run_console(tmp_path, personas, tiny_model_dir)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "pygbot: no built-in characters were loaded; add a persona file to the persona "
+        "folder (PERSONAS_DIR)")
+    assert "Traceback" not in result.stderr
