@@ -20,7 +20,7 @@ from pygbot.intake import BACKLOG_NOTICE, DATABASE_FAILED_NOTICE, ENGINE_FAILED_
 from pygbot.store import Store
 from tests.delivery import Delivery, account, replies_to
 from tests.discord_emulator import Channel
-from tests.discord_harness import Server, bot_settings, bot_with_engine
+from tests.discord_harness import Server, bot_settings, bot_with_engine, eventually
 from tests.scripted_engine import ScriptedEngine
 
 JSON = dict[str, Any]
@@ -48,6 +48,11 @@ def outcome(server: Server, channel: Channel, mentions: Sequence[JSON]) -> Deliv
 
 def replies(server: Server, channel: Channel) -> list[tuple[int, str]]:
     return replies_to(server.discord.messages(channel), server.bot.id)
+
+
+async def nothing_open(store: Store) -> bool:
+    """Every recorded mention is settled: answered and posted, or told why not."""
+    return not await store.open_intake_channels()
 
 
 async def remembered(db_path: Path, channel_id: int) -> list[tuple[str, str]]:
@@ -245,6 +250,28 @@ async def test_a_full_backlog_says_so_and_still_answers_later(
         await discord.wait_for(lambda: outcome(server, server.roleplay_two, [second]).answered)
     assert outcome(server, server.roleplay, [first]) == Delivery(answered=1)
     assert outcome(server, server.roleplay_two, [second]) == Delivery(answered=1, notices=1)
+
+
+@pytest.mark.parametrize("resumable", [True, False], ids=["resumed", "not-resumable"])
+async def test_a_mention_sent_while_the_gateway_was_away_is_answered_once(
+    server: Server, db_path: Path, count_tokens: Callable[[str], int], resumable: bool,
+) -> None:
+    engine = ScriptedEngine([" Hello.", " Welcome back."], count_tokens)
+    discord = server.discord
+    async with bot_with_engine(server, bot_settings(server, db_path), engine) as services:
+        first = await discord.send_message(server.roleplay, server.member, server.mention("hi"))
+        await discord.wait_for(lambda: len(replies(server, server.roleplay)) == 1)
+        async with discord.gateway_outage(resumable=resumable):
+            gap = await discord.send_message(server.roleplay, server.member,
+                                             server.mention("are you there?"))
+        # Resumed: the gap is replayed. Not resumable: a new session; catch-up finds it.
+        await discord.wait_for_message(server.roleplay, lambda m: m["content"] == "Welcome back.")
+        await eventually(lambda: nothing_open(services.store))
+        await discord.settle()
+    assert discord.identify_count == (1 if resumable else 2)
+    assert replies(server, server.roleplay) == [
+        (int(first["id"]), "Hello."), (int(gap["id"]), "Welcome back.")]
+    assert len(engine.requests) == 2
 
 
 class locked:  # noqa: N801 - used as a context manager, like contextlib's

@@ -124,6 +124,55 @@ async def test_reconnect_resumes_the_session_and_replays_what_was_missed(discord
     assert discord_emulator.hub.compressions == [ACTIVE_COMPRESSION] * 2
 
 
+async def test_a_resumable_outage_replays_what_was_sent_in_the_gap_once(discord_emulator, server):
+    bot = EmulatedBot()
+    contents: list[str] = []
+
+    @bot.event
+    async def on_message(message: discord.Message) -> None:
+        contents.append(message.content)
+
+    async with connected(bot, discord_emulator):
+        async with discord_emulator.gateway_outage(resumable=True):
+            await discord_emulator.send_message(server.channel, server.alice, "in the gap")
+            await asyncio.sleep(0.2)
+            assert contents == []  # the bot is away
+        await discord_emulator.wait_for(lambda: contents)
+        await discord_emulator.send_message(server.channel, server.alice, "after resume")
+        await discord_emulator.wait_for(lambda: len(contents) == 2)
+    assert contents == ["in the gap", "after resume"]
+    assert discord_emulator.identify_count == 1  # resumed, not re-identified
+
+
+async def test_an_outage_that_cannot_be_resumed_needs_a_new_identify_and_replays_nothing(
+    discord_emulator, server
+):
+    bot = EmulatedBot()
+    contents: list[str] = []
+    ready_count = 0
+
+    @bot.event
+    async def on_message(message: discord.Message) -> None:
+        contents.append(message.content)
+
+    @bot.event
+    async def on_ready() -> None:
+        nonlocal ready_count
+        ready_count += 1
+
+    async with connected(bot, discord_emulator):
+        async with discord_emulator.gateway_outage(resumable=False):
+            gap = await discord_emulator.send_message(server.channel, server.alice, "in the gap")
+        await discord_emulator.wait_for(lambda: ready_count == 2)  # a fresh session
+        await discord_emulator.send_message(server.channel, server.alice, "after")
+        await discord_emulator.wait_for(lambda: contents)
+        history = [m async for m in text_channel(bot, server.channel).history(limit=10)]
+    assert contents == ["after"]  # the gap was not replayed
+    assert discord_emulator.identify_count == 2
+    assert gap["id"] in {str(m.id) for m in history}  # only the channel history has it
+    assert discord_emulator.hub.close_codes[0] == 4009
+
+
 async def test_members_intent_gets_the_member_list_by_chunking(discord_emulator, server):
     bot = EmulatedBot(members=True)
     async with connected(bot, discord_emulator):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -729,6 +729,26 @@ class DiscordEmulator:
     async def invalidate_session(self, resumable: bool = False) -> None:
         """Send op 9 INVALID_SESSION; with `resumable=False` the client identifies afresh."""
         await self.hub.send_op(9, resumable)
+
+    @contextlib.asynccontextmanager
+    async def gateway_outage(self, *, resumable: bool) -> AsyncIterator[None]:
+        """The bot's gateway connection drops on entry and cannot come back before the exit.
+
+        What members do inside the block happens in the gap. `resumable=True`: the session
+        survives and the bot's RESUME replays the gap's events. `resumable=False`: the session
+        is gone, RESUME is answered with op 9 INVALID_SESSION d=false, the bot identifies anew
+        and gets nothing from the gap; only the channel history (REST) still has it.
+        """
+        await self.hub.cut(resumable=resumable)
+        try:
+            yield
+        finally:
+            self.hub.restore()
+
+    @property
+    def identify_count(self) -> int:
+        """How many gateway sessions the bot has started (IDENTIFY sent)."""
+        return len(self.hub.identify_payloads)
 
     # --- helpers for the gateway and REST --------------------------------------------------
     def bot_user_json(self) -> JSON:

@@ -33,12 +33,15 @@ SEND_LIMIT = 120  # client payloads per window before Discord closes with 4008
 SEND_WINDOW_S = 60.0
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
 SESSION_ENDING_CLOSE_CODES = frozenset({1000, 1001})  # docs: these end the session
+DETACH_POLL_S = 0.01
+DETACH_TIMEOUT_S = 10.0
 
 # Opcodes (API notes §1.3).
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE_UPDATE, VOICE_STATE = 0, 1, 2, 3, 4
 RESUME, RECONNECT, REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 6, 7, 8, 9, 10, 11
 
 # Close codes (API notes §1.9).
+UNKNOWN_ERROR, SESSION_TIMED_OUT = 4000, 4009  # "reconnect" / "reconnect, start a new session"
 UNKNOWN_OPCODE, DECODE_ERROR, NOT_AUTHENTICATED, AUTHENTICATION_FAILED = 4001, 4002, 4003, 4004
 ALREADY_AUTHENTICATED, RATE_LIMITED, INVALID_API_VERSION = 4005, 4008, 4012
 INVALID_INTENTS, DISALLOWED_INTENTS = 4013, 4014
@@ -142,6 +145,7 @@ class Connection:
         self.compress = compress
         self.session: Session | None = None
         self.lock = asyncio.Lock()
+        self.server_close_code: int | None = None  # set when the emulator closed it
         self._received: deque[float] = deque()
 
     async def send(self, payload: JSON) -> None:
@@ -175,6 +179,7 @@ class Connection:
         return len(self._received) > SEND_LIMIT
 
     async def close(self, code: int, reason: str = "") -> None:
+        self.server_close_code = code
         await self.ws.close(code=code, message=reason.encode())
 
 
@@ -191,6 +196,8 @@ class GatewayHub:
         self.compressions: list[str | None] = []  # compress= of each connection, in order
         self.heartbeats = 0
         self.ready = asyncio.Event()
+        self._admitting = asyncio.Event()  # cleared during an outage: new sockets wait
+        self._admitting.set()
 
     # --- server side actions ---------------------------------------------------------------
     def live_sessions(self) -> list[Session]:
@@ -228,11 +235,37 @@ class GatewayHub:
                 self.sessions.pop(connection.session.id, None)
 
     async def close(self) -> None:
+        self._admitting.set()
         for connection in list(self.connections):
             await connection.close(1001, "emulator stopping")
 
+    async def cut(self, *, resumable: bool) -> None:
+        """Drop every connection and let none back in until `restore()`.
+
+        Resumable: sessions survive, so dispatches meanwhile are kept and replayed on RESUME
+        (close 4000, as after a gateway restart). Not resumable: sessions end (close 4009,
+        "session timed out"), so a RESUME gets op 9 d=false, the client must IDENTIFY anew,
+        and what happens in between is dispatched to no one, as on Discord.
+        """
+        self._admitting.clear()
+        code = UNKNOWN_ERROR if resumable else SESSION_TIMED_OUT
+        for connection in list(self.connections):
+            if not resumable and connection.session is not None:
+                self.sessions.pop(connection.session.id, None)
+            await connection.close(code, "Unknown error." if resumable else "Session timed out.")
+        deadline = time.monotonic() + DETACH_TIMEOUT_S
+        while any(s.connection is not None for s in self.sessions.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the client did not let go of its gateway connection")
+            await asyncio.sleep(DETACH_POLL_S)
+
+    def restore(self) -> None:
+        """End an outage: waiting and new connections get their HELLO."""
+        self._admitting.set()
+
     # --- websocket handling ----------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        await self._admitting.wait()  # an outage: the client keeps trying until it ends
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
         await ws.prepare(request)
         compress = request.query.get("compress")
@@ -248,14 +281,20 @@ class GatewayHub:
         return ws
 
     def _detach(self, connection: Connection, close_code: int | None) -> None:
-        """A client closing with 1000/1001 ends its session; other closes leave it resumable."""
-        if close_code is not None:
-            self.close_codes.append(close_code)
+        """A client closing with 1000/1001 ends its session; other closes leave it resumable.
+
+        When the emulator closed the connection, the code the client echoes back says nothing
+        about the session (aiohttp answers every close with 1000): the server's code counts.
+        """
+        by_server = connection.server_close_code is not None
+        code = connection.server_close_code if by_server else close_code
+        if code is not None:
+            self.close_codes.append(code)
         session = connection.session
         if session is None or session.connection is not connection:
             return
         session.connection = None
-        if close_code in SESSION_ENDING_CLOSE_CODES:
+        if not by_server and code in SESSION_ENDING_CLOSE_CODES:
             self.sessions.pop(session.id, None)
 
     async def _serve(
