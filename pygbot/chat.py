@@ -28,7 +28,10 @@ from pygbot.worker import Worker
 
 log = logging.getLogger(__name__)
 
-HISTORY_ROWS = 200  # more than any 2048-token prompt can hold; the budget decides what is used
+# More rows than any 2048-token prompt can hold (a line costs at least 4 tokens), so the
+# budget, not this window, decides what is dropped: a window that slides by a row per turn
+# would change the prompt's start on every turn and defeat the engine's prefix cache.
+HISTORY_ROWS = 1024
 SEED_RANGE = 2**31
 _DEFAULTS = Settings()
 # A resample at the same temperature tends to return the same words (at 0.3, three identical

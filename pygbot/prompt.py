@@ -17,10 +17,13 @@ tested with a real tokenizer and nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from pygbot.labels import is_label_char, label_key
 from pygbot.persona import Persona
@@ -41,6 +44,11 @@ TURN_MAX_CHARS = 16_000
 MIN_PROMPT_TOKENS = 512
 # Per-line token counts can differ from the joined prompt's by a token or two per line.
 JOIN_SLACK_TOKENS = 8
+# Once the conversation outgrows the prompt, old history leaves in chunks of about this share
+# of the room for history, not one turn per new turn: every turn that drops nothing keeps the
+# prompt's text up to the new message unchanged, so the engine's per-channel prefix cache
+# reuses it (a one-turn drop shifts everything after the persona on every turn).
+HISTORY_CHUNK_SHARE = 0.25
 
 # In the model's own output, a new turn is a capitalised name of up to three words and a
 # colon; lower-case "and then: ..." is kept as part of the reply.
@@ -170,9 +178,11 @@ def build_prompt(
     """Render `turns` (oldest first; the last is the message being answered) for `persona`.
 
     Priority when the budget is tight: persona and scenario always; then the newest turn
-    (truncated if it alone is too big); then older history, newest first; example dialogue
-    only with what is left, so it is dropped before any real history. With a budget of at
-    least MIN_PROMPT_TOKENS the persona and the newest turn are always there.
+    (truncated if it alone is too big); then older history, newest first, dropped in chunks
+    (see `_first_kept`) so the prompt's start stays the same for most turns; example
+    dialogue only while the whole conversation fits beside it, so it goes before any real
+    history. With a budget of at least MIN_PROMPT_TOKENS the persona and the newest turn are
+    always there.
     """
     header = _header_lines(persona, budget_tokens // 2, count_tokens)
     suffix = f"{persona.name}:"
@@ -180,9 +190,11 @@ def build_prompt(
     rendered = [_line(turn.speaker, turn.text[:TURN_MAX_CHARS]) for turn in turns]
     if rendered:
         rendered[-1] = _truncate_line(rendered[-1], room, count_tokens)
-    history = _fit_newest(rendered, room, count_tokens)
-    room -= _cost(history, count_tokens)
-    examples = _fit_in_order(_example_blocks(persona), room, count_tokens)
+    costs = [count_tokens(line + "\n") for line in rendered]
+    history = rendered[_first_kept(costs, rendered, room):]
+    examples = _examples_beside(_example_blocks(persona), room, sum(costs),
+                                whole_history=len(history) == len(rendered),
+                                count_tokens=count_tokens)
     while True:
         text = "\n".join([*header, *_join_examples(examples), *history, suffix])
         over = count_tokens(text) - budget_tokens
@@ -268,15 +280,55 @@ def _cost(lines: Sequence[str], count_tokens: CountTokens) -> int:
     return sum(count_tokens(line + "\n") for line in lines)
 
 
-def _fit_newest(lines: Sequence[str], room: int, count_tokens: CountTokens) -> list[str]:
-    """The newest lines that fit in `room`; the newest one (already cut to fit) always."""
-    kept: list[str] = []
-    for line in reversed(lines):
-        room -= count_tokens(line + "\n")
-        if room < 0 and kept:
-            break
-        kept.append(line)
-    return kept[::-1]
+def _first_kept(costs: Sequence[int], lines: Sequence[str], room: int) -> int:
+    """Index of the oldest history line to keep: all of them when they fit; else the oldest
+    chunk start from which the rest fits; the newest line always.
+
+    Chunk starts are content-defined (the idea of rsync and restic): a line starts a chunk
+    when its hash beats those of every line within half a chunk's tokens of it, so whether
+    it does depends only on the lines around it, never on where the loaded history begins.
+    The first kept line therefore stays put while new turns arrive (and the oldest leave
+    the window the chat loads) until the rest no longer fits; chunk starts are at least
+    half a chunk apart and about a chunk (HISTORY_CHUNK_SHARE of `room`) on average.
+    """
+    tail = sum(costs)
+    if tail <= room:
+        return 0
+    offsets = list(accumulate(costs, initial=0))  # token offset of each line's start
+    radius = max(1.0, room * HISTORY_CHUNK_SHARE / 2)
+    keys = [_line_key(line) for line in lines]
+    fits = next(index for index in range(len(lines))
+                if offsets[-1] - offsets[index] <= room or index == len(lines) - 1)
+    for index in range(fits, len(lines) - 1):
+        if _starts_chunk(index, offsets, keys, radius):
+            return index
+    return fits  # no chunk start in what fits (rare): the newest lines that fit
+
+
+def _starts_chunk(index: int, offsets: Sequence[int], keys: Sequence[int],
+                  radius: float) -> bool:
+    here = offsets[index]
+    low = bisect_left(offsets, here - radius, hi=len(keys))
+    high = bisect_right(offsets, here + radius, hi=len(keys))
+    return all(keys[other] < keys[index] for other in range(low, high) if other != index)
+
+
+def _line_key(line: str) -> int:
+    # blake2b rather than hash(): the same line gets the same key in every process.
+    digest = hashlib.blake2b(line.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _examples_beside(blocks: Sequence[list[str]], room: int, history_cost: int, *,
+                     whole_history: bool, count_tokens: CountTokens) -> list[list[str]]:
+    """The example blocks that fit in `room` on their own, while the whole conversation fits
+    beside them; none once it does not. They leave together, once per conversation, rather
+    than block by block as it grows: each change there would move everything after them."""
+    examples = _fit_in_order(blocks, room, count_tokens)
+    if not whole_history or _cost([line for block in examples for line in [START, *block]],
+                                  count_tokens) + history_cost > room:
+        return []
+    return examples
 
 
 def _fit_in_order(

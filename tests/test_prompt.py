@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 
@@ -242,3 +243,49 @@ def test_penalty_window_starts_after_the_persona_and_examples(
     assert narrow.text[narrow.penalty_from:] == "You: message 4\nAria:"
     none = build_prompt(ARIA, turns, 1000, count_tokens, penalty_window_tokens=0)
     assert none.text[none.penalty_from:] == ""
+
+
+# --- prefix-stable history (for the engine's per-channel prefix cache) -----------------------
+
+def _grow(turns: int, window: int | None = None) -> list[list[Turn]]:
+    """The turns each prompt of a growing conversation sees; with `window`, only that many of
+    the newest (as the chat loads a bounded number of rows)."""
+    said = []
+    for i in range(turns):
+        said.append(Turn(YOU, f"question {i}: what lies past star {i * 7}?"))
+        said.append(Turn("Aria", f"Beyond star {i * 7} there is a nebula named {i}.", True))
+    return [said[:n][-window:] if window else said[:n] for n in range(1, len(said) + 1, 2)]
+
+
+def test_a_full_prompt_drops_history_in_chunks_so_most_turns_extend_the_last_prompt(
+    count_tokens: Callable[[str], int],
+) -> None:
+    prompts = [build_prompt(ARIA, turns, 1200, count_tokens) for turns in _grow(80)]
+    full = [p for p in prompts if p.turns_kept < len(_grow(80)[prompts.index(p)])]
+    assert len(full) > 40  # most of the conversation is past the budget
+    extended = sum(later.text.startswith(earlier.text)
+                   for earlier, later in pairwise(prompts))
+    assert extended >= 0.7 * (len(prompts) - 1)
+    # A drop takes several turns at once.
+    kept = [p.turns_kept for p in full]
+    assert max(a - b for a, b in pairwise(kept)) > 2
+    assert all(count_tokens(p.text) <= 1200 for p in prompts)
+    assert all(p.text.endswith(f"question {i}: what lies past star {i * 7}?\nAria:")
+               for i, p in enumerate(prompts))
+
+
+def test_the_first_kept_turn_does_not_move_when_the_loaded_window_slides(
+    count_tokens: Callable[[str], int],
+) -> None:
+    whole = [build_prompt(ARIA, turns, 600, count_tokens).text for turns in _grow(60)]
+    windowed = [build_prompt(ARIA, turns, 600, count_tokens).text for turns in _grow(60, 40)]
+    assert windowed[25:] == whole[25:]  # past the window's size, a shorter load changes nothing
+
+
+def test_example_dialogue_leaves_once_and_all_together(
+    count_tokens: Callable[[str], int],
+) -> None:
+    prompts = [build_prompt(ARIA, turns, 600, count_tokens) for turns in _grow(40)]
+    kept = [p.examples_kept for p in prompts]
+    assert kept[0] == 2 and kept[-1] == 0
+    assert sum(a != b for a, b in pairwise(kept)) == 1
