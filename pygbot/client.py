@@ -7,6 +7,7 @@ import logging
 import signal
 from typing import Any
 
+import aiohttp
 import discord
 import discord.gateway
 import discord.http
@@ -46,14 +47,17 @@ class PygBot(commands.Bot):
         super().__init__(command_prefix=commands.when_mentioned, intents=bot_intents(),
                          allowed_mentions=ALLOWED_MENTIONS, help_command=None, **options)
         self.services = services
-        self.poster = DiscordPoster(self, services.chat)
+        # One policy for every path that can make the character talk: mentions, buttons,
+        # greetings after a command.
+        self.access = AccessPolicy(services.store, services.settings.allow_dms)
+        self.poster = DiscordPoster(self, services.chat, self.access)
         self.intake = Intake(services.store, services.chat, self.poster,
                              IntakeConfig.from_settings(services.settings))
 
     async def setup_hook(self) -> None:
         services = self.services
         settings = services.settings
-        access = AccessPolicy(services.store, settings.allow_dms)
+        access = self.access
         engine = services.engine
         limiter = MemberRateLimiter(settings.rate_limit_burst, settings.rate_limit_per_minute)
         await self.add_cog(ChatCog(self, services.chat, access, intake=self.intake,
@@ -61,7 +65,7 @@ class PygBot(commands.Bot):
         await self.add_cog(PersonaCog(services.chat, access))
         await self.add_cog(AdminCog(services.chat, services.store, services.worker, access,
                                     ModelInfo(engine.model_name, engine.device, engine.dtype)))
-        self.add_view(ReplyControls(services.chat))  # buttons on replies from earlier runs
+        self.add_view(ReplyControls(services.chat, access))  # buttons on replies from earlier runs
         await self._sync_commands()
 
     async def close(self) -> None:
@@ -77,16 +81,37 @@ class PygBot(commands.Bot):
         log.info("connected as %s to %d server(s)", self.user, len(self.guilds))
 
     async def _sync_commands(self) -> None:
+        """Register the slash commands with Discord. A failure is one log line, not the end:
+        mentions and buttons work without a sync, and the commands synced last time stay."""
         guild_id = self.services.settings.dev_guild_id
-        if guild_id is None:
-            synced = await self.tree.sync()
-            log.info("synced %d slash commands globally (may take up to an hour to appear)",
-                     len(synced))
-            return
-        guild = discord.Object(guild_id)
-        self.tree.copy_global_to(guild=guild)
-        synced = await self.tree.sync(guild=guild)
-        log.info("synced %d slash commands to server %s", len(synced), guild_id)
+        try:
+            if guild_id is None:
+                synced = await self.tree.sync()
+                log.info("synced %d slash commands globally (may take up to an hour to appear)",
+                         len(synced))
+                return
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d slash commands to server %s", len(synced), guild_id)
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as error:
+            log.error("could not sync slash commands %s: %s; the bot keeps answering "
+                      "mentions, slash commands stay as Discord last had them",
+                      _sync_target(guild_id), _sync_reason(error, guild_id))
+
+
+def _sync_target(guild_id: int | None) -> str:
+    return "globally" if guild_id is None else f"to server DEV_GUILD_ID={guild_id}"
+
+
+def _sync_reason(error: Exception, guild_id: int | None) -> str:
+    if isinstance(error, discord.Forbidden) and guild_id is not None:
+        return (f"Discord refused ({error.status} {error.text or 'Forbidden'}): the bot is not "
+                "in that server, or was invited without the applications.commands scope; "
+                "invite it there or fix DEV_GUILD_ID")
+    if isinstance(error, discord.HTTPException):
+        return f"Discord answered {error.status} {error.text or error.response.reason}"
+    return f"{type(error).__name__} {error}".strip()
 
 
 def use_discord_endpoints(settings: Settings) -> None:

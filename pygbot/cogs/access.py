@@ -48,5 +48,9 @@ class AccessPolicy:
         if message.channel.id in self._notified:
             return
         self._notified.add(message.channel.id)
-        notice = DMS_OFF_NOTICE if verdict is Access.DMS_OFF else AGE_RESTRICTED_NOTICE
-        await message.reply(notice, mention_author=False)
+        await message.reply(self.notice(verdict), mention_author=False)
+
+    @staticmethod
+    def notice(verdict: Access) -> str:
+        """What a member is told when the character may not talk here."""
+        return DMS_OFF_NOTICE if verdict is Access.DMS_OFF else AGE_RESTRICTED_NOTICE

@@ -11,7 +11,7 @@ from discord.ext import commands
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.cogs.checks import refuse_unless_manager
-from pygbot.cogs.reply_view import post_greeting
+from pygbot.cogs.reply_view import ReplyControls, post_greeting
 from pygbot.store import Store
 from pygbot.worker import Worker
 
@@ -45,8 +45,11 @@ class AdminCog(commands.Cog):
         # Discord wants an answer within 3 seconds; the reset waits for any reply being
         # generated in this channel, so acknowledge first.
         await interaction.response.defer()
+        previous = await self.chat.latest_reply(interaction.channel_id or 0)
         greeting = await self.chat.reset(interaction.channel_id or 0, interaction.guild_id or 0)
         await interaction.followup.send("Memory of this channel cleared.")
+        if isinstance(channel, discord.abc.Messageable):  # its buttons would act on nothing
+            await ReplyControls.retire(channel, previous)
         if isinstance(channel, discord.abc.Messageable) and \
                 await self.access.check(channel) is Access.ALLOWED:
             await post_greeting(channel, greeting, self.chat)

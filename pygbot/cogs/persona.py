@@ -16,9 +16,10 @@ from discord.ext import commands
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.cogs.checks import refuse_unless_manager
-from pygbot.cogs.reply_view import post_greeting
+from pygbot.cogs.reply_view import ReplyControls, post_greeting
 from pygbot.library import BuiltInPersonaError, PersonaLibrary, UnknownPersonaError
 from pygbot.persona import NAME_MAX_CHARS, TEXT_MAX_CHARS, Persona, PersonaError
+from pygbot.store import StoredTurn
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             return
         guild_id = interaction.guild_id or 0
         channel_id = interaction.channel_id if channel_only else None
+        previous = await self.chat.latest_reply(interaction.channel_id or 0)
         try:
             persona = await self.library.switch(guild_id, name, channel_id)
         except UnknownPersonaError as error:
@@ -79,6 +81,8 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             return
         where = "in this channel" if channel_only else "in this server"
         await interaction.response.send_message(f"**{persona.name}** takes over {where}.")
+        if previous is not None and previous.name != persona.name:
+            await self._retire(interaction, previous)  # a new conversation begins
         await self._greet(interaction)
 
     @app_commands.command()
@@ -124,6 +128,12 @@ class PersonaCog(commands.GroupCog, group_name="persona",
         matches = [p.name for p in personas if current.casefold() in p.name.casefold()]
         return [app_commands.Choice(name=name, value=name)
                 for name in matches[:AUTOCOMPLETE_CHOICES]]
+
+    async def _retire(self, interaction: discord.Interaction, previous: StoredTurn) -> None:
+        """Take the buttons off the previous character's last reply here. (In the server's
+        other channels they are refused and taken off at their first click.)"""
+        if isinstance(interaction.channel, discord.abc.Messageable):
+            await ReplyControls.retire(interaction.channel, previous)
 
     async def _greet(self, interaction: discord.Interaction) -> None:
         """Open the new character's conversation in this channel with its greeting."""

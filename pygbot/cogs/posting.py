@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import discord
 
 from pygbot.chat import ChatService
+from pygbot.cogs.access import AccessPolicy
 from pygbot.cogs.reply_view import ReplyControls, post_greeting
 from pygbot.discord_text import split_message
 from pygbot.store import StoredTurn
@@ -28,9 +29,10 @@ class DiscordPoster:
     # fails (503, an outage) is tried again after these pauses before the intake takes over.
     retry_delays_s: tuple[float, ...] = (1.0, 3.0)
 
-    def __init__(self, bot: discord.Client, chat: ChatService) -> None:
+    def __init__(self, bot: discord.Client, chat: ChatService, access: AccessPolicy) -> None:
         self._bot = bot
         self._chat = chat
+        self._access = access
 
     def channel(self, channel_id: int) -> discord.abc.Messageable:
         """The channel from the cache, or a partial one that can still post (DMs, threads
@@ -62,7 +64,8 @@ class DiscordPoster:
         channel = self.channel(channel_id)
         for pause in (*self.retry_delays_s, None):
             try:
-                posted = await send_reply(channel, answering, turn, self._chat)
+                posted = await send_reply(channel, answering, turn,
+                                          ReplyControls(self._chat, self._access, turn))
             except discord.HTTPException as error:
                 log.warning("could not post the reply in channel %s: %s", channel_id, error)
                 if pause is None or not _worth_retrying(error):
@@ -85,15 +88,15 @@ class DiscordPoster:
 
 
 async def send_reply(channel: discord.abc.Messageable, answering: int, turn: StoredTurn,
-                     chat: ChatService) -> int:
+                     controls: discord.ui.View) -> int:
     """Post `turn` split to fit, the first piece as a reply to `answering` (which the member
-    may have deleted meanwhile) and the buttons on the last; returns the last piece's id."""
+    may have deleted meanwhile) and `controls` on the last; returns the last piece's id."""
     pieces = split_message(turn.text)
     reference = discord.MessageReference(message_id=answering, channel_id=turn.channel_id,
                                          fail_if_not_exists=False)
     sent: discord.Message | None = None
     for index, piece in enumerate(pieces):
-        view = ReplyControls(chat, turn) if index == len(pieces) - 1 else discord.utils.MISSING
+        view = controls if index == len(pieces) - 1 else discord.utils.MISSING
         if index == 0:
             sent = await channel.send(piece, view=view, reference=reference, mention_author=True)
         else:

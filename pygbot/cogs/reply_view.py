@@ -3,6 +3,8 @@
 The buttons use fixed custom ids and the view is registered at start-up without a message,
 so they keep working after a restart: every click finds its turn by the message it sits on.
 Only the character's newest reply carries live buttons; older ones are retired.
+A click is held to the same rule as a mention: in a channel where the character may no
+longer talk (no longer age-restricted, or all-channels switched off) it is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import discord
 
 from pygbot.chat import ChatService, EmptyReplyError, NothingToRegenerateError
+from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.discord_text import DISCORD_MESSAGE_LIMIT
 from pygbot.store import StoredTurn
 from pygbot.worker import QueueFullError, WorkerClosedError
@@ -26,9 +29,11 @@ NOT_NEWEST = "Only the character's newest reply can be rerolled or browsed."
 
 
 class ReplyControls(discord.ui.View):
-    def __init__(self, chat: ChatService, turn: StoredTurn | None = None) -> None:
+    def __init__(self, chat: ChatService, access: AccessPolicy,
+                 turn: StoredTurn | None = None) -> None:
         super().__init__(timeout=None)
         self.chat = chat
+        self.access = access
         if turn is not None:
             count = max(len(turn.alternatives), 1)
             self.previous.disabled = turn.chosen <= 0
@@ -60,7 +65,7 @@ class ReplyControls(discord.ui.View):
             await interaction.followup.send(f"Could not regenerate: {error}.", ephemeral=True)
             return
         await interaction.edit_original_response(content=shown(turn.text),
-                                                 view=ReplyControls(self.chat, turn))
+                                                 view=ReplyControls(self.chat, self.access, turn))
 
     @discord.ui.button(emoji="▶", style=discord.ButtonStyle.secondary, custom_id=NEXT_ID)
     async def next(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
@@ -76,18 +81,38 @@ class ReplyControls(discord.ui.View):
             return
         chosen = await self.chat.choose_alternative(turn.id, index)
         await interaction.response.edit_message(content=shown(chosen.text),
-                                                view=ReplyControls(self.chat, chosen))
+                                                view=ReplyControls(self.chat, self.access, chosen))
 
     async def _newest_turn(self, interaction: discord.Interaction) -> StoredTurn | None:
-        """The turn under the clicked message if it is the newest reply; else refuse."""
+        """The turn under the clicked message if the character may talk in this channel and
+        it is the newest reply; else refuse."""
+        if not await self._allowed(interaction):
+            return None
         message = interaction.message
         latest = await self.chat.latest_reply(interaction.channel_id or 0)
-        if message is not None and latest is not None and latest.message_id == message.id:
+        if message is not None and latest is not None and latest.message_id == message.id \
+                and await self._still_playing(interaction, latest):
             return latest
         await interaction.response.send_message(NOT_NEWEST, ephemeral=True)
         if message is not None:
             await _remove_buttons(message)
         return None
+
+    async def _still_playing(self, interaction: discord.Interaction, turn: StoredTurn) -> bool:
+        """Whether the character of `turn` is still the one playing here: after a switch
+        (perhaps server-wide, from another channel) its replies belong to an old conversation."""
+        active = await self.chat.library.active(interaction.guild_id or 0,
+                                                interaction.channel_id)
+        return active.name == turn.name
+
+    async def _allowed(self, interaction: discord.Interaction) -> bool:
+        channel = interaction.channel
+        verdict = await self.access.check(channel) if isinstance(
+            channel, discord.abc.Messageable) else Access.AGE_RESTRICTED
+        if verdict is Access.ALLOWED:
+            return True
+        await interaction.response.send_message(self.access.notice(verdict), ephemeral=True)
+        return False
 
     @staticmethod
     async def retire(channel: discord.abc.Messageable, turn: StoredTurn | None) -> None:

@@ -345,6 +345,11 @@ class DiscordEmulator:
         channel.overwrites.append(Overwrite(target.id, kind, allow, deny))
         self.events.channel_updated(channel)
 
+    def set_age_restricted(self, channel: Channel, nsfw: bool) -> None:
+        """Tick or untick Edit Channel → Age-Restricted Channel (sends CHANNEL_UPDATE)."""
+        channel.nsfw = nsfw
+        self.events.channel_updated(channel)
+
     def add_thread(
         self,
         parent: Channel,
