@@ -59,7 +59,13 @@ from tests.discord_emulator.payloads import (
     user_json,
 )
 from tests.discord_emulator.permissions import Overwrite
-from tests.discord_emulator.rest import FailureRule, RecordedRequest, RestApi, compile_route_pattern
+from tests.discord_emulator.rest import (
+    DelayRule,
+    FailureRule,
+    RecordedRequest,
+    RestApi,
+    compile_route_pattern,
+)
 from tests.discord_emulator.snowflake import SnowflakeFactory
 from tests.discord_emulator.state import (
     DM,
@@ -726,6 +732,13 @@ class DiscordEmulator:
             self.rest.failures.append(
                 FailureRule(method, pattern, status, retry_after, code, text, is_global)
             )
+
+    def delay_next(self, route: str, seconds: float, *, times: int = 1) -> None:
+        """Answer the next `times` matching REST requests `seconds` late (a slow Discord);
+        the request is recorded on arrival. `route` as for `fail_next`."""
+        method, pattern = compile_route_pattern(route)
+        for _ in range(times):
+            self.rest.delays.append(DelayRule(method, pattern, seconds))
 
     async def request_reconnect(self) -> None:
         """Send op 7 RECONNECT; the client resumes on resume_gateway_url."""

@@ -8,6 +8,7 @@ Discord's error body. Unknown routes answer 404 and are recorded in `unhandled`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -103,6 +104,15 @@ class FailureRule:
     is_global: bool
 
 
+@dataclass
+class DelayRule:
+    """The next request matching `method` and `pattern` is answered `seconds` late."""
+
+    method: str | None
+    pattern: re.Pattern[str]
+    seconds: float
+
+
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -147,6 +157,7 @@ class RestApi:
         self.requests: list[RecordedRequest] = []
         self.unhandled: list[RecordedRequest] = []
         self.failures: list[FailureRule] = []
+        self.delays: list[DelayRule] = []
         self._nonces: dict[tuple[int, str], int] = {}
 
     # --- plumbing --------------------------------------------------------------------------
@@ -160,6 +171,9 @@ class RestApi:
         recorded = RecordedRequest(request.method, api_path, dict(request.query), authorized)
         self.requests.append(recorded)
         self.emulator.events.changed()
+        delay = self._take_delay(request.method, api_path)
+        if delay is not None:
+            await asyncio.sleep(delay.seconds)
         failure = self._take_failure(request.method, api_path)
         if failure is not None:
             return self._failure_response(failure)
@@ -181,6 +195,12 @@ class RestApi:
         for index, rule in enumerate(self.failures):
             if (rule.method in (None, method)) and rule.pattern.match(path):
                 return self.failures.pop(index)
+        return None
+
+    def _take_delay(self, method: str, path: str) -> DelayRule | None:
+        for index, rule in enumerate(self.delays):
+            if (rule.method in (None, method)) and rule.pattern.match(path):
+                return self.delays.pop(index)
         return None
 
     @staticmethod
