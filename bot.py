@@ -3,6 +3,7 @@
     python bot.py                       run the Discord bot (needs DISCORD_TOKEN in .env)
     python bot.py --console             chat with the character in this terminal
     python bot.py --console --persona Rook --model models/pygmalion-1.3b
+    python bot.py --import-card aria.png --personas-dir personas   add a character card
 
 Parses arguments, reads settings, builds the parts and runs them; no logic of its own.
 """
@@ -20,6 +21,7 @@ from pygbot.config import ConfigError, Settings
 
 EXIT_STARTUP = 1  # the model, database or characters could not be loaded
 EXIT_USAGE = 2  # wrong settings or arguments
+EXIT_CARD = 3  # --import-card: the card is unreadable, broken or its name is taken
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--persona", metavar="NAME", help="character to play in the console")
     parser.add_argument("--model", metavar="PATH_OR_ID", help="overrides MODEL from .env")
     parser.add_argument("--env-file", default=".env", type=Path, help="settings file (.env)")
+    parser.add_argument("--import-card", metavar="PATH", type=Path,
+                        help="add the character card PATH (PNG, JSON or CHARX) to the persona "
+                             "folder, then exit")
+    parser.add_argument("--personas-dir", metavar="DIR", type=Path,
+                        help="persona folder for --import-card (default: PERSONAS_DIR)")
     return parser.parse_args(argv)
 
 
@@ -38,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     # .env) look like every other log line; LOG_LEVEL applies once it is known.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.import_card and args.personas_dir:  # needs no settings at all
+        return import_card(args.import_card, args.personas_dir)
     try:
         settings = Settings.from_env(env_file=args.env_file)
     except ConfigError as error:
         return _fail(str(error), EXIT_USAGE)
+    if args.import_card:
+        return import_card(args.import_card, settings.personas_dir)
     if args.model:
         settings = dataclasses.replace(settings, model=args.model)
     if not args.console and not settings.discord_token:
@@ -74,6 +85,20 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
         await run_discord(services)
         return 0
+
+
+def import_card(path: Path, personas_dir: Path) -> int:
+    """Copy one character card into the persona folder; one line either way."""
+    from pygbot.character_files import import_card_file
+    from pygbot.persona import PersonaError
+
+    try:
+        written, character = import_card_file(path, personas_dir)
+    except PersonaError as error:
+        return _fail(f"cannot import {path}: {error}", EXIT_CARD)
+    notes = "".join(f"; {note}" for note in character.notes)
+    print(f"imported {character.persona.name} into {written}{notes}")
+    return 0
 
 
 def _fail(message: str, status: int) -> int:

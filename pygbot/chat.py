@@ -19,7 +19,15 @@ from pygbot.engine import GenerationParams, GenerationRequest
 from pygbot.identity import uses_other_name
 from pygbot.library import PersonaLibrary
 from pygbot.persona import Persona
-from pygbot.prompt import YOU, RenderedPrompt, Turn, build_prompt, speaker_label
+from pygbot.prompt import (
+    YOU,
+    PromptCost,
+    RenderedPrompt,
+    Turn,
+    build_prompt,
+    measure_persona,
+    speaker_label,
+)
 from pygbot.repetition import RECENT_REPLIES, max_similarity
 from pygbot.reply_text import final_reply, visible_reply
 from pygbot.store import NewTurn, Store, StoredTurn
@@ -147,11 +155,19 @@ class ChatService:
     def library(self) -> PersonaLibrary:
         return self._library
 
-    async def start_conversation(self, channel_id: int, guild_id: int) -> StoredTurn | None:
-        """Store the active character's greeting if the channel's conversation is new."""
+    def prompt_cost(self, persona: Persona) -> PromptCost:
+        """What `persona` costs in every prompt, against this model's context."""
+        config = self._config
+        return measure_persona(persona, config.context_tokens, config.params.max_new_tokens,
+                               self._count_tokens)
+
+    async def start_conversation(self, channel_id: int, guild_id: int,
+                                 member_name: str | None = None) -> StoredTurn | None:
+        """Store the active character's greeting if the channel's conversation is new;
+        `{{user}}` in it is `member_name` (the member who opened it), if known."""
         async with self._locks[channel_id]:
             persona = await self._library.active(guild_id, channel_id)
-            return await self._greet_if_new(channel_id, persona)
+            return await self._greet_if_new(channel_id, persona, member_name)
 
     async def reply(
         self, channel_id: int, guild_id: int, author: Author, text: str,
@@ -176,12 +192,13 @@ class ChatService:
             raise ValueError("answer() needs at least one message")
         async with self._locks[channel_id]:
             persona = await self._library.active(guild_id, channel_id)
-            greeting = await self._greet_if_new(channel_id, persona)
+            member = said[-1].author.display_name
+            greeting = await self._greet_if_new(channel_id, persona, member)
             history = await self._conversation(channel_id, persona)
             turns = [*self._turns(history, persona),
                      *(self._turn(m.author.display_name, m.text, persona) for m in said)]
-            reply_text = await self._generate(persona, turns, _character_texts(history),
-                                              on_partial)
+            reply_text = await self._generate(_for_member(persona, member), turns,
+                                              _character_texts(history), on_partial)
             *user_turns, turn = await self._store.add_turns(channel_id, [
                 *(NewTurn("user", m.author.display_name, m.text, m.author.id, m.message_id)
                   for m in said),
@@ -201,8 +218,8 @@ class ChatService:
             latest = history[-1]
             earlier = history[:-1]
             avoid = [*_character_texts(earlier), *latest.alternatives]
-            reply_text = await self._generate(persona, self._turns(earlier, persona), avoid,
-                                              on_partial)
+            reply_text = await self._generate(_for_member(persona, history[-2].name),
+                                              self._turns(earlier, persona), avoid, on_partial)
             return await self._store.add_alternative(latest.id, reply_text)
 
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
@@ -215,20 +232,23 @@ class ChatService:
         return turn is not None and turn.role == "character"
 
     async def latest_reply(self, channel_id: int) -> StoredTurn | None:
-        """The character's newest turn if it answers a member (the one that has buttons);
-        None when the channel is new or ends with a greeting."""
+        """The character's newest turn if it has buttons: a reply to a member, or a
+        greeting with alternatives to swipe through; None otherwise."""
         last_two = await self._store.history(channel_id, 2)
         if len(last_two) == 2 and [t.role for t in last_two] == ["user", "character"]:
             return last_two[-1]
+        if last_two and is_swipeable_greeting(last_two[-1], last_two[:-1]):
+            return last_two[-1]
         return None
 
-    async def reset(self, channel_id: int, guild_id: int) -> StoredTurn | None:
+    async def reset(self, channel_id: int, guild_id: int,
+                    member_name: str | None = None) -> StoredTurn | None:
         """Forget the channel's conversation and open a new one with the greeting."""
         async with self._locks[channel_id]:
             removed = await self._store.clear_channel(channel_id)
             log.info("reset channel %s: %d turns forgotten", channel_id, removed)
             persona = await self._library.active(guild_id, channel_id)
-            return await self._greet_if_new(channel_id, persona)
+            return await self._greet_if_new(channel_id, persona, member_name)
 
     async def attach_message(self, turn_id: int, message_id: int) -> None:
         """Remember which Discord message shows a turn, so edits and deletes can follow it."""
@@ -242,11 +262,15 @@ class ChatService:
 
     # --- internals -----------------------------------------------------------------------------
 
-    async def _greet_if_new(self, channel_id: int, persona: Persona) -> StoredTurn | None:
+    async def _greet_if_new(self, channel_id: int, persona: Persona,
+                            member_name: str | None) -> StoredTurn | None:
+        """The greeting, with a card's alternate greetings as its swipes."""
         if await self._conversation(channel_id, persona) or not persona.greeting:
             return None
+        first, *others = _for_member(persona, member_name).greetings
         [greeting] = await self._store.add_turns(
-            channel_id, [NewTurn("character", persona.name, persona.greeting)])
+            channel_id, [NewTurn("character", persona.name, first,
+                                 more_alternatives=tuple(others))])
         return greeting
 
     async def _conversation(self, channel_id: int, persona: Persona) -> list[StoredTurn]:
@@ -336,6 +360,19 @@ class ChatService:
             return visible_reply(generated, persona.name, prompt.speakers, trim_loops=guard)
 
         return TextRelay(asyncio.get_running_loop(), visible, on_partial)
+
+
+def is_swipeable_greeting(turn: StoredTurn, before: Sequence[StoredTurn]) -> bool:
+    """A greeting (a character turn nobody asked for) with alternatives to browse."""
+    opens = not before or before[-1].role == "character"
+    return turn.role == "character" and opens and len(turn.alternatives) > 1
+
+
+def _for_member(persona: Persona, display_name: str | None) -> Persona:
+    """The persona with `{{user}}` as the member's prompt label (made label-safe, so a
+    display name can never open a turn of its own)."""
+    label = speaker_label(display_name, persona.name) if display_name else YOU
+    return persona.for_member(label)
 
 
 def _character_texts(history: Sequence[StoredTurn]) -> list[str]:

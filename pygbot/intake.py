@@ -232,7 +232,8 @@ class Intake:
 
     async def _answer(self, channel_id: int, fresh: list[IntakeMessage]) -> None:
         latest = fresh[-1]
-        greeting = await self._chat.start_conversation(channel_id, latest.guild_id)
+        greeting = await self._chat.start_conversation(channel_id, latest.guild_id,
+                                                       latest.author_name)
         if greeting is not None:
             await self._poster.greeting(channel_id, greeting)
         previous = await self._chat.latest_reply(channel_id)

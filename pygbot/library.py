@@ -11,7 +11,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from pygbot.persona import Persona, load_persona_dir
+from pygbot.character_files import load_character_dir
+from pygbot.persona import Persona
 from pygbot.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,11 @@ class NoPersonasError(RuntimeError):
 
 
 class PersonaLibrary:
-    def __init__(self, store: Store, builtins: Mapping[str, Persona], default_name: str) -> None:
+    def __init__(self, store: Store, builtins: Mapping[str, Persona], default_name: str,
+                 avatars: Mapping[str, bytes] | None = None) -> None:
         self._store = store
         self._builtins = {name.casefold(): persona for name, persona in builtins.items()}
+        self._avatars = {name.casefold(): image for name, image in (avatars or {}).items()}
         self._default_name = default_name
         if not self._builtins:
             raise NoPersonasError("no built-in characters were loaded; add a persona file "
@@ -48,7 +51,10 @@ class PersonaLibrary:
 
     @classmethod
     def from_dir(cls, store: Store, directory: Path, default_name: str) -> PersonaLibrary:
-        return cls(store, load_persona_dir(directory), default_name)
+        """Built-in characters from the persona folder: pygbot JSON and character cards."""
+        characters = load_character_dir(directory)
+        return cls(store, {key: c.persona for key, c in characters.items()}, default_name,
+                   {key: c.avatar for key, c in characters.items() if c.avatar})
 
     @property
     def default(self) -> Persona:
@@ -88,12 +94,29 @@ class PersonaLibrary:
         await self._store.set_active_persona(guild_id, persona.name, channel_id)
         return persona
 
+    async def avatar(self, guild_id: int, name: str) -> bytes | None:
+        """The character's picture: the server copy's own, else the built-in's, else None."""
+        image = await self._store.custom_persona_avatar(guild_id, name)
+        return image if image is not None else self._avatars.get(name.strip().casefold())
+
     async def save(self, guild_id: int, persona: Persona, replacing: str | None = None) -> Persona:
-        """Create or edit a server character; `replacing` is the name it had before an edit."""
-        await self._store.save_custom_persona(guild_id, persona)
-        if replacing is not None and replacing.casefold() != persona.name.casefold():
+        """Create or edit a server character; `replacing` is the name it had before an edit
+        (a renamed character keeps its picture)."""
+        renamed = replacing is not None and replacing.casefold() != persona.name.casefold()
+        if renamed and replacing is not None:
+            image = await self._store.custom_persona_avatar(guild_id, replacing)
+            await self._store.save_custom_persona(guild_id, persona, image, replace_avatar=True)
             await self._store.delete_custom_persona(guild_id, replacing)
             await self._store.rename_persona_choices(guild_id, replacing, persona.name)
+        else:
+            await self._store.save_custom_persona(guild_id, persona)
+        return persona
+
+    async def import_character(self, guild_id: int, persona: Persona,
+                               avatar: bytes | None) -> Persona:
+        """Save an imported card as a server character, picture included (replacing the
+        picture of a character it replaces)."""
+        await self._store.save_custom_persona(guild_id, persona, avatar, replace_avatar=True)
         return persona
 
     async def delete(self, guild_id: int, name: str) -> Persona:

@@ -4,7 +4,7 @@ and cutting the model's continuation down to the character's reply.
 No I/O, no clock, no randomness: the token counter is passed in, so every rule here can be
 tested with a real tokenizer and nothing else.
 
-    NAME's Persona: a few sentences about the character
+    NAME's Persona: a few sentences about the character, then lorebook entries
     Scenario: optional
     <START>
     You: example line
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from pygbot.labels import is_label_char, label_key
+from pygbot.lorebook import LoreEntry, fit_entries
 from pygbot.persona import Persona
 
 YOU = "You"
@@ -106,6 +107,7 @@ class RenderedPrompt:
     penalty_from: int  # character offset where the penalised conversation window begins
     turns_kept: int
     examples_kept: int
+    lore_kept: int = 0  # lorebook entries in the prompt
 
 
 # --- making user text safe ---------------------------------------------------------------------
@@ -178,11 +180,12 @@ def build_prompt(
     """Render `turns` (oldest first; the last is the message being answered) for `persona`.
 
     Priority when the budget is tight: persona and scenario always; then the newest turn
-    (truncated if it alone is too big); then older history, newest first, dropped in chunks
-    (see `_first_kept`) so the prompt's start stays the same for most turns; example
-    dialogue only while the whole conversation fits beside it, so it goes before any real
-    history. With a budget of at least MIN_PROMPT_TOKENS the persona and the newest turn are
-    always there.
+    (truncated if it alone is too big); then the lorebook entries the recent turns switch on
+    (within the book's own budget, appended to the persona line); then older history, newest
+    first, dropped in chunks (see `_first_kept`) so the prompt's start stays the same for
+    most turns; example dialogue only while the whole conversation fits beside it, so it
+    goes before any real history. With a budget of at least MIN_PROMPT_TOKENS the persona
+    and the newest turn are always there.
     """
     header = _header_lines(persona, budget_tokens // 2, count_tokens)
     suffix = f"{persona.name}:"
@@ -191,12 +194,16 @@ def build_prompt(
     if rendered:
         rendered[-1] = _truncate_line(rendered[-1], room, count_tokens)
     costs = [count_tokens(line + "\n") for line in rendered]
+    lore = _fit_lore(persona, turns, budget_tokens, room - (costs[-1] if costs else 0),
+                     count_tokens)
+    room -= sum(count_tokens(f" {text}") for text in lore)
     history = rendered[_first_kept(costs, rendered, room):]
     examples = _examples_beside(_example_blocks(persona), room, sum(costs),
                                 whole_history=len(history) == len(rendered),
                                 count_tokens=count_tokens)
     while True:
-        text = "\n".join([*header, *_join_examples(examples), *history, suffix])
+        text = "\n".join([_with_lore(header[0], lore), *header[1:], *_join_examples(examples),
+                          *history, suffix])
         over = count_tokens(text) - budget_tokens
         if over <= 0:
             break
@@ -207,6 +214,8 @@ def build_prompt(
             examples = examples[:-1]
         elif len(history) > 1:
             history = history[1:]
+        elif lore:
+            lore = lore[:-1]
         elif history and (shorter := _shorten(history[-1], over, count_tokens)):
             history = [shorter]
         elif shorter := _shorten(header[0], over, count_tokens):
@@ -221,7 +230,84 @@ def build_prompt(
         penalty_from=_window_start(text, history, penalty_window_tokens, count_tokens),
         turns_kept=len(history),
         examples_kept=len(examples),
+        lore_kept=len(lore),
     )
+
+
+@dataclass(frozen=True)
+class PromptCost:
+    """How much of the context a character takes before anyone speaks."""
+
+    persona: int  # persona and scenario lines, as the prompt renders them
+    examples: int  # every example dialogue block
+    lorebook: int  # the most the lorebook may add
+    reply: int  # reserved for the character's reply
+    context: int
+    persona_cut: bool  # the persona is longer than the prompt lets it be
+
+    @property
+    def conversation(self) -> int:
+        return self.context - self.persona - self.examples - self.lorebook - self.reply
+
+    @property
+    def cramped(self) -> bool:
+        """Less than a quarter of the context is left for the conversation."""
+        return self.conversation < self.context / 4
+
+    def summary(self) -> str:
+        line = (f"persona {self.persona:,} + examples {self.examples:,} + lorebook ≤ "
+                f"{self.lorebook:,} + reply {self.reply:,} of {self.context:,} tokens; "
+                f"{max(self.conversation, 0):,} left for the conversation")
+        if self.persona_cut:
+            line += "\n⚠️ The persona is longer than the prompt holds; its end is cut off."
+        if self.cramped:
+            line += ("\n⚠️ The conversation gets less than a quarter of the context: the "
+                     "character will forget what was said quickly. Shorten the persona or "
+                     "the example dialogue.")
+        return line
+
+
+def measure_persona(persona: Persona, context_tokens: int, reply_tokens: int,
+                    count_tokens: CountTokens) -> PromptCost:
+    """The tokens `persona` costs in every prompt of a `context_tokens` model that keeps
+    `reply_tokens` for the reply (examples are counted whole, though a long conversation
+    pushes them out)."""
+    budget = context_tokens - reply_tokens
+    header = _header_lines(persona, budget // 2, count_tokens)
+    full = _Line(f"{persona.name}{PERSONA_LABEL_SUFFIX}", defuse(persona.persona)).text
+    examples = _example_blocks(persona)
+    lore = 0
+    if persona.lorebook is not None:
+        entries = [e for e in persona.lorebook.entries if e.enabled and e.content
+                   and not e.use_regex]
+        lore = min(persona.lorebook.budget(budget),
+                   sum(count_tokens(f" {defuse(e.content)}") for e in entries))
+    return PromptCost(
+        persona=_cost(header, count_tokens),
+        examples=_cost(_join_examples(examples), count_tokens) if examples else 0,
+        lorebook=lore, reply=reply_tokens, context=context_tokens,
+        persona_cut=header[0] != full)
+
+
+def _fit_lore(persona: Persona, turns: Sequence[Turn], budget_tokens: int, room: int,
+              count_tokens: CountTokens) -> list[str]:
+    """The lorebook entries the recent turns switch on, as defused text in insertion order,
+    within the book's budget and `room` (what the persona and the newest turn leave)."""
+    book = persona.lorebook
+    if book is None or room <= 0:
+        return []
+    active = book.active([turn.text for turn in turns])
+
+    def cost(entry: LoreEntry) -> int:
+        return count_tokens(f" {defuse(entry.content)}")
+
+    kept = fit_entries(active, min(book.budget(budget_tokens), room), cost)
+    return [text for text in (defuse(entry.content) for entry in kept) if text]
+
+
+def _with_lore(persona_line: str, lore: Sequence[str]) -> str:
+    """Lore goes on the persona's own line, so it can never open a turn of its own."""
+    return "".join([persona_line, *(f" {text}" for text in lore)])
 
 
 def _shorten(line: str, over: int, count_tokens: CountTokens) -> str | None:

@@ -115,6 +115,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX intake_open ON intake (state, channel_id, message_id);
     """,
+    # 4: a server character's picture (from an imported card), apart from its JSON so the
+    # reads every reply makes never load it.
+    """
+    ALTER TABLE custom_personas ADD COLUMN avatar BLOB;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -146,6 +151,8 @@ class NewTurn:
     text: str
     author_id: int | None = None  # Discord user id; None for character turns
     message_id: int | None = None
+    # Character turns: more alternatives after `text` (a greeting's alternate greetings).
+    more_alternatives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -478,15 +485,28 @@ class Store:
                             error)
         return personas
 
-    async def save_custom_persona(self, guild_id: int, persona: Persona) -> None:
-        """Create or replace the server's character with this name, ignoring case."""
+    async def save_custom_persona(self, guild_id: int, persona: Persona,
+                                  avatar: bytes | None = None, *,
+                                  replace_avatar: bool = False) -> None:
+        """Create or replace the server's character with this name, ignoring case. Its
+        picture stays as it was unless `replace_avatar` (then `avatar`, None for none)."""
         data = json.dumps(persona.to_dict(), ensure_ascii=False)
+        keep = "custom_personas.avatar" if not replace_avatar else "excluded.avatar"
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO custom_personas (guild_id, name_key, data) VALUES (?, ?, ?) "
-                "ON CONFLICT (guild_id, name_key) DO UPDATE SET data = excluded.data",
-                (guild_id, _name_key(persona.name), data),
+                "INSERT INTO custom_personas (guild_id, name_key, data, avatar) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (guild_id, name_key) "
+                f"DO UPDATE SET data = excluded.data, avatar = {keep}",
+                (guild_id, _name_key(persona.name), data, avatar),
             )
+
+    async def custom_persona_avatar(self, guild_id: int, name: str) -> bytes | None:
+        """The picture of the server's character `name` (any case); None when it has none."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT avatar FROM custom_personas WHERE guild_id = ? AND name_key = ?",
+                (guild_id, _name_key(name))))
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def delete_custom_persona(self, guild_id: int, name: str) -> bool:
         """Delete the server's character named `name` (any case); False when it had none."""
@@ -638,9 +658,10 @@ async def _insert_turn(
     assert turn_id is not None  # an INSERT into a rowid table always sets it
     alternatives: tuple[str, ...] = ()
     if turn.role == "character":
-        await db.execute("INSERT INTO alternatives (turn_id, position, text) VALUES (?, 0, ?)",
-                         (turn_id, turn.text))
-        alternatives = (turn.text,)
+        alternatives = (turn.text, *turn.more_alternatives)
+        await db.executemany(
+            "INSERT INTO alternatives (turn_id, position, text) VALUES (?, ?, ?)",
+            [(turn_id, position, text) for position, text in enumerate(alternatives)])
     return StoredTurn(turn_id, channel_id, turn.role, turn.name, turn.text, turn.author_id,
                       turn.message_id, created_at, alternatives, 0)
 

@@ -8,16 +8,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pygbot.persona import Persona, PersonaError, load_persona_dir, save_persona_file
+from pygbot.character_files import load_character_dir
+from pygbot.persona import Persona, PersonaError, save_persona_file
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+def load_personas(directory: Path) -> dict[str, Persona]:
+    return {key: c.persona for key, c in load_character_dir(directory).items()}
+
+
 def test_at_least_three_distinct_characters_ship_in_personas() -> None:
-    personas = load_persona_dir(REPO / "personas")
+    personas = load_personas(REPO / "personas")
     assert len(personas) >= 3
     for persona in personas.values():
         assert persona.greeting and persona.example_dialogue and persona.scenario
@@ -32,7 +38,7 @@ def test_a_broken_file_is_reported_by_name_and_reason_and_the_rest_load(
     (tmp_path / "nameless.json").write_text(json.dumps({"persona": "no name"}))
     (tmp_path / "colon.json").write_text(json.dumps({"name": "Evil: x", "persona": "p"}))
     with caplog.at_level(logging.WARNING):
-        personas = load_persona_dir(tmp_path)
+        personas = load_personas(tmp_path)
     assert list(personas) == ["good"]
     assert "broken.json: not valid JSON" in caplog.text
     assert "nameless.json: needs at least 'name' and 'persona'" in caplog.text
@@ -40,14 +46,16 @@ def test_a_broken_file_is_reported_by_name_and_reason_and_the_rest_load(
 
 
 def test_tavern_style_cards_load_with_placeholders_filled(tmp_path: Path) -> None:
-    card = {"char_name": "Mira", "char_persona": "{{char}} is a barista who helps {{user}}.",
-            "world_scenario": "A cafe.", "char_greeting": "Hi, I'm {{char}}!",
-            "example_dialogue": "<START>\n{{user}}: Coffee?\n{{char}}: Always."}
+    card = {"char_name": "Mira", "char_persona": "{{char}} is a barista who helps {{User}}.",
+            "world_scenario": "A cafe.", "char_greeting": "Hi, I'm <BOT>!",
+            "example_dialogue": "<START>\n<USER>: Coffee?\n{{char}}: Always."}
     (tmp_path / "mira.json").write_text(json.dumps(card))
-    mira = load_persona_dir(tmp_path)["mira"]
-    assert mira.persona == "Mira is a barista who helps You."
+    mira = load_personas(tmp_path)["mira"]
     assert mira.greeting == "Hi, I'm Mira!"
-    assert mira.example_dialogue == "<START>\nYou: Coffee?\nMira: Always."
+    # {{user}} waits for the member being answered: their label, and "You" where they speak.
+    for_bob = mira.for_member("Bob")
+    assert for_bob.persona == "Mira is a barista who helps Bob."
+    assert for_bob.example_dialogue == "<START>\nYou: Coffee?\nMira: Always."
 
 
 @pytest.mark.parametrize(("fields", "reason"), [
@@ -57,7 +65,7 @@ def test_tavern_style_cards_load_with_placeholders_filled(tmp_path: Path) -> Non
     ({"name": "Ok", "persona": "   "}, "persona text is empty"),
     ({"name": "Ok", "persona": "p" * 5000}, "persona is longer than 4000"),
 ])
-def test_invalid_personas_are_refused_with_a_reason(fields: dict[str, str], reason: str) -> None:
+def test_invalid_personas_are_refused_with_a_reason(fields: dict[str, Any], reason: str) -> None:
     with pytest.raises(PersonaError, match=reason):
         Persona(**fields)
 
@@ -65,10 +73,10 @@ def test_invalid_personas_are_refused_with_a_reason(fields: dict[str, str], reas
 def test_a_saved_persona_loads_back_unchanged(tmp_path: Path) -> None:
     persona = Persona(name="Zoë", persona="Émigré poet.", greeting="Bonjour!")
     save_persona_file(persona, tmp_path)
-    assert load_persona_dir(tmp_path)["zoë"] == persona
+    assert load_personas(tmp_path)["zoë"] == persona
 
 
-DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: under the size limit, far over the depth limit
+DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: under the size limits, far over the depth limit
 
 
 def test_a_deeply_nested_file_is_skipped_with_one_line_and_the_rest_load(
@@ -78,12 +86,12 @@ def test_a_deeply_nested_file_is_skipped_with_one_line_and_the_rest_load(
     (tmp_path / "deep.json").write_text(DEEP)
     nested_card = {"name": "Nest", "persona": "p", "extensions": DEEP}  # brackets in a string
     (tmp_path / "nest.json").write_text(json.dumps(nested_card))
-    (tmp_path / "big.json").write_text(json.dumps({"name": "Big", "persona": "p" * 300_000}))
+    (tmp_path / "big.json").write_text(json.dumps({"name": "Big", "persona": "p" * 3_000_000}))
     with caplog.at_level(logging.WARNING):
-        personas = load_persona_dir(tmp_path)
+        personas = load_personas(tmp_path)
     assert sorted(personas) == ["good", "nest"]
     assert "deep.json: JSON nested more than 20 levels deep" in caplog.text
-    assert "big.json: file is larger than 256 KiB" in caplog.text
+    assert "big.json: the card's JSON is larger than 2048 KiB" in caplog.text
     assert len(caplog.records) == 2
 
 

@@ -457,8 +457,8 @@ async def test_deleting_a_custom_persona_ignores_case(store: Store) -> None:
 async def test_a_broken_stored_persona_is_skipped_not_fatal(store: Store, db_path: Path) -> None:
     await store.save_custom_persona(GUILD, Persona("Nova", "a star"))
     with sqlite3.connect(db_path) as db:
-        db.execute("INSERT INTO custom_personas VALUES (?, 'broken', '{\"name\": \"\"}')",
-                   (GUILD,))
+        db.execute("INSERT INTO custom_personas (guild_id, name_key, data) "
+                   "VALUES (?, 'broken', '{\"name\": \"\"}')", (GUILD,))
 
     assert await store.custom_personas(GUILD) == [Persona("Nova", "a star")]
 

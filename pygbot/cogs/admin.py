@@ -46,7 +46,8 @@ class AdminCog(commands.Cog):
         # generated in this channel, so acknowledge first.
         await interaction.response.defer()
         previous = await self.chat.latest_reply(interaction.channel_id or 0)
-        greeting = await self.chat.reset(interaction.channel_id or 0, interaction.guild_id or 0)
+        greeting = await self.chat.reset(interaction.channel_id or 0, interaction.guild_id or 0,
+                                         interaction.user.display_name)
         await interaction.followup.send("Memory of this channel cleared.")
         if isinstance(channel, discord.abc.Messageable):  # its buttons would act on nothing
             await ReplyControls.retire(channel, previous)

@@ -142,7 +142,8 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             return
         if await self.access.check(channel) is not Access.ALLOWED:
             return
-        greeting = await self.chat.start_conversation(channel.id, interaction.guild_id or 0)
+        greeting = await self.chat.start_conversation(channel.id, interaction.guild_id or 0,
+                                                      interaction.user.display_name)
         await post_greeting(channel, greeting, self.chat)
 
 
