@@ -241,6 +241,12 @@ class ChatService:
             return last_two[-1]
         return None
 
+    async def is_greeting(self, turn: StoredTurn) -> bool:
+        """Whether `turn` is its channel's newest turn and a greeting with alternatives."""
+        last_two = await self._store.history(turn.channel_id, 2)
+        return bool(last_two) and last_two[-1].id == turn.id and \
+            is_swipeable_greeting(last_two[-1], last_two[:-1])
+
     async def reset(self, channel_id: int, guild_id: int,
                     member_name: str | None = None) -> StoredTurn | None:
         """Forget the channel's conversation and open a new one with the greeting."""

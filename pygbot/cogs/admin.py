@@ -53,7 +53,7 @@ class AdminCog(commands.Cog):
             await ReplyControls.retire(channel, previous)
         if isinstance(channel, discord.abc.Messageable) and \
                 await self.access.check(channel) is Access.ALLOWED:
-            await post_greeting(channel, greeting, self.chat)
+            await post_greeting(channel, greeting, self.chat, self.access)
 
     @pygbot.command()
     async def status(self, interaction: discord.Interaction) -> None:

@@ -1,4 +1,5 @@
-"""`/persona`: list, show, switch, create, edit and delete the server's characters.
+"""`/persona`: list, show, switch, create, edit, delete, import and export the server's
+characters. Import and export speak Character Card V2/V3 (see `pygbot.cards`).
 
 Changing characters needs the Manage Server permission. Discord's default permissions can be
 changed by any admin in the server's integration settings, so every handler checks the
@@ -7,18 +8,30 @@ member's permissions itself.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from pygbot.cards import (
+    CARD_FILE_MAX_BYTES,
+    CardError,
+    export_png,
+    export_v2_json,
+    read_character,
+    with_card,
+)
+from pygbot.character_files import file_stem
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.cogs.checks import refuse_unless_manager
 from pygbot.cogs.reply_view import ReplyControls, post_greeting
 from pygbot.library import BuiltInPersonaError, PersonaLibrary, UnknownPersonaError
 from pygbot.persona import NAME_MAX_CHARS, TEXT_MAX_CHARS, Persona, PersonaError
+from pygbot.prompt import PromptCost
 from pygbot.store import StoredTurn
 
 log = logging.getLogger(__name__)
@@ -28,6 +41,9 @@ EMBED_FIELD_LIMIT = 1024
 MODAL_TITLE_LIMIT = 45
 RETRY_SECONDS = 600.0
 MODAL_SECONDS = 1800.0  # long enough to write a character; then the form is forgotten
+AVATAR_FILENAME = "avatar.png"
+MIB = 1024 * 1024
+FORM_FIELDS = ("persona", "scenario", "greeting", "example_dialogue")
 
 
 @app_commands.guild_only()
@@ -60,7 +76,14 @@ class PersonaCog(commands.GroupCog, group_name="persona",
         except UnknownPersonaError as error:
             await interaction.response.send_message(f"{error}.", ephemeral=True)
             return
-        await interaction.response.send_message(embed=_embed(persona), ephemeral=True)
+        embed = _embed(persona, self.chat.prompt_cost(persona))
+        avatar = await self.library.avatar(guild_id, persona.name)
+        if avatar is None:
+            await interaction.response.send_message(embed=embed, ephemeral=True)
+            return
+        embed.set_thumbnail(url=f"attachment://{AVATAR_FILENAME}")
+        await interaction.response.send_message(
+            embed=embed, file=discord.File(io.BytesIO(avatar), AVATAR_FILENAME), ephemeral=True)
 
     @app_commands.command()
     @app_commands.describe(name="Character to play from now on",
@@ -103,6 +126,14 @@ class PersonaCog(commands.GroupCog, group_name="persona",
         except UnknownPersonaError as error:
             await interaction.response.send_message(f"{error}.", ephemeral=True)
             return
+        too_long = [field for field in FORM_FIELDS if len(getattr(persona, field)) > TEXT_MAX_CHARS]
+        if too_long:  # the form would cut the text off; saving it would lose the rest
+            await interaction.response.send_message(
+                f"**{persona.name}**'s {too_long[0].replace('_', ' ')} is longer than Discord's "
+                f"form holds ({TEXT_MAX_CHARS:,} characters), so it cannot be edited here "
+                "without losing text. Use `/persona export`, edit the card, and "
+                "`/persona import` it with `replace: True`.", ephemeral=True)
+            return
         await interaction.response.send_modal(PersonaModal(self.library, original=persona))
 
     @app_commands.command()
@@ -118,7 +149,78 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             return
         await interaction.response.send_message(f"Deleted **{persona.name}**.", ephemeral=True)
 
+    @app_commands.command(name="import")
+    @app_commands.describe(card="A character card: PNG, JSON or CHARX (SillyTavern, TavernAI, "
+                                "RisuAI ...)",
+                           replace="Replace this server's character of the same name")
+    async def import_(self, interaction: discord.Interaction, card: discord.Attachment,
+                      replace: bool = False) -> None:
+        """Import a character card (PNG, JSON or CHARX) as a server character (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        if card.size > CARD_FILE_MAX_BYTES:  # refused before a byte is downloaded
+            await interaction.response.send_message(
+                f"That file is {card.size / MIB:.1f} MiB; a character card may be at most "
+                f"{CARD_FILE_MAX_BYTES // MIB} MiB. Nothing was imported.", ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            raw = await card.read()
+            # Pictures are decoded off the event loop: a large portrait takes a moment.
+            character = await asyncio.to_thread(read_character, raw)
+        except discord.HTTPException as error:
+            await interaction.followup.send(
+                f"Could not download the file from Discord ({error.status}); try again. "
+                "Nothing was imported.", ephemeral=True)
+            return
+        except CardError as error:
+            await interaction.followup.send(
+                f"That card was not imported: {error}.", ephemeral=True)
+            return
+        guild_id = interaction.guild_id or 0
+        persona = character.persona
+        if not replace and await self._exists(guild_id, persona.name):
+            await interaction.followup.send(
+                f"A character named **{persona.name}** already exists. Import again with "
+                "`replace: True` to replace it. Nothing was imported.", ephemeral=True)
+            return
+        await self.library.import_character(guild_id, persona, character.avatar)
+        log.info("server %s imported character %r", guild_id, persona.name)
+        notes = "".join(f"\nNote: {note}." for note in character.notes)
+        await interaction.followup.send(
+            f"Imported **{persona.name}**. Use `/persona switch` to play it.\n"
+            f"{self.chat.prompt_cost(persona).summary()}{notes}", ephemeral=True)
+
+    @app_commands.command()
+    @app_commands.describe(name="Character to export; the active one if left out")
+    async def export(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        """Export a character as a Character Card V2: a PNG with its picture, and JSON."""
+        guild_id = interaction.guild_id or 0
+        try:
+            persona = await (self.library.get(guild_id, name) if name
+                             else self.library.active(guild_id, interaction.channel_id))
+        except UnknownPersonaError as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return
+        avatar = await self.library.avatar(guild_id, persona.name)
+        picture = await asyncio.to_thread(export_png, persona, avatar)
+        stem = file_stem(persona.name)
+        files = [discord.File(io.BytesIO(picture), f"{stem}.png"),
+                 discord.File(io.BytesIO(export_v2_json(persona)), f"{stem}.json")]
+        await interaction.response.send_message(
+            f"**{persona.name}** as a Character Card V2: the PNG carries the card inside its "
+            "picture (SillyTavern and most front ends read it); the JSON is the same card.",
+            files=files, ephemeral=True)
+
+    async def _exists(self, guild_id: int, name: str) -> bool:
+        try:
+            await self.library.get(guild_id, name)
+        except UnknownPersonaError:
+            return False
+        return True
+
     @show.autocomplete("name")
+    @export.autocomplete("name")
     @switch.autocomplete("name")
     @edit.autocomplete("name")
     @delete.autocomplete("name")
@@ -144,7 +246,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             return
         greeting = await self.chat.start_conversation(channel.id, interaction.guild_id or 0,
                                                       interaction.user.display_name)
-        await post_greeting(channel, greeting, self.chat)
+        await post_greeting(channel, greeting, self.chat, self.access)
 
 
 class PersonaModal(discord.ui.Modal):
@@ -192,6 +294,8 @@ class PersonaModal(discord.ui.Modal):
         guild_id = interaction.guild_id or 0
         try:
             persona = Persona.from_dict(values)
+            if self.original is not None:  # an edited card keeps its lorebook and the rest
+                persona = with_card(persona, self.original)
             await self._check_name_free(guild_id, persona)
         except PersonaError as error:
             # A modal cannot answer with another modal; a button reopens it with what they
@@ -238,12 +342,21 @@ def _field_key(field: discord.ui.TextInput[PersonaModal]) -> str:
     return field.custom_id  # each field's custom id is its Persona key
 
 
-def _embed(persona: Persona) -> discord.Embed:
+def _embed(persona: Persona, cost: PromptCost) -> discord.Embed:
     embed = discord.Embed(title=persona.name, description=_clip(persona.persona, 4096))
     for label, text in (("Scenario", persona.scenario), ("Greeting", persona.greeting),
                         ("Example dialogue", persona.example_dialogue)):
         if text:
             embed.add_field(name=label, value=_clip(text, EMBED_FIELD_LIMIT), inline=False)
+    extras = [f"{len(persona.alternate_greetings)} alternate greeting(s) (◀ ▶ on the greeting)"
+              if persona.alternate_greetings else "",
+              f"lorebook of {len(persona.lorebook.entries)} entries"
+              if persona.lorebook and persona.lorebook.entries else ""]
+    if any(extras):
+        embed.add_field(name="From its card", value=" · ".join(e for e in extras if e),
+                        inline=False)
+    embed.add_field(name="Token cost", value=_clip(cost.summary(), EMBED_FIELD_LIMIT),
+                    inline=False)
     return embed
 
 

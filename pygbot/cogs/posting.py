@@ -54,7 +54,7 @@ class DiscordPoster:
 
     async def greeting(self, channel_id: int, turn: StoredTurn) -> None:
         try:
-            await post_greeting(self.channel(channel_id), turn, self._chat)
+            await post_greeting(self.channel(channel_id), turn, self._chat, self._access)
         except discord.HTTPException as error:  # the greeting stays in memory regardless
             log.warning("could not post the greeting in channel %s: %s", channel_id, error)
 

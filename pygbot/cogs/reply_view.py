@@ -15,7 +15,7 @@ import discord
 
 from pygbot.chat import ChatService, EmptyReplyError, NothingToRegenerateError
 from pygbot.cogs.access import Access, AccessPolicy
-from pygbot.discord_text import DISCORD_MESSAGE_LIMIT
+from pygbot.discord_text import DISCORD_MESSAGE_LIMIT, split_message
 from pygbot.store import StoredTurn
 from pygbot.worker import QueueFullError, WorkerClosedError
 
@@ -30,10 +30,12 @@ NOT_NEWEST = "Only the character's newest reply can be rerolled or browsed."
 
 class ReplyControls(discord.ui.View):
     def __init__(self, chat: ChatService, access: AccessPolicy,
-                 turn: StoredTurn | None = None) -> None:
+                 turn: StoredTurn | None = None, *, greeting: bool = False) -> None:
         super().__init__(timeout=None)
         self.chat = chat
         self.access = access
+        # A greeting's alternatives are the card's alternate greetings; none is generated.
+        self.regenerate.disabled = greeting
         if turn is not None:
             count = max(len(turn.alternatives), 1)
             self.previous.disabled = turn.chosen <= 0
@@ -80,8 +82,9 @@ class ReplyControls(discord.ui.View):
             await interaction.response.defer()
             return
         chosen = await self.chat.choose_alternative(turn.id, index)
-        await interaction.response.edit_message(content=shown(chosen.text),
-                                                view=ReplyControls(self.chat, self.access, chosen))
+        view = ReplyControls(self.chat, self.access, chosen,
+                             greeting=await self.chat.is_greeting(chosen))
+        await interaction.response.edit_message(content=shown(chosen.text), view=view)
 
     async def _newest_turn(self, interaction: discord.Interaction) -> StoredTurn | None:
         """The turn under the clicked message if the character may talk in this channel and
@@ -125,11 +128,19 @@ class ReplyControls(discord.ui.View):
 
 
 async def post_greeting(channel: discord.abc.Messageable, greeting: StoredTurn | None,
-                        chat: ChatService) -> None:
-    """Post a new conversation's greeting (if any) and remember which message shows it."""
+                        chat: ChatService, access: AccessPolicy) -> None:
+    """Post a new conversation's greeting (if any), split to fit, with ◀ ▶ on the last piece
+    when it has alternate greetings, and remember which message shows it."""
     if greeting is None:
         return
-    sent = await channel.send(greeting.text)
+    pieces = split_message(greeting.text)
+    sent: discord.Message | None = None
+    for index, piece in enumerate(pieces):
+        swipeable = index == len(pieces) - 1 and len(greeting.alternatives) > 1
+        view = ReplyControls(chat, access, greeting, greeting=True) if swipeable \
+            else discord.utils.MISSING
+        sent = await channel.send(piece, view=view)
+    assert sent is not None  # a stored greeting is never empty
     await chat.attach_message(greeting.id, sent.id)
 
 

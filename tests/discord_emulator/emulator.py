@@ -384,6 +384,24 @@ class DiscordEmulator:
         self.events.channel_created(thread)
         return thread
 
+    def upload(self, channel: Channel, filename: str, data: bytes,
+               content_type: str = "application/octet-stream") -> JSON:
+        """A file a member attaches (to a slash command's attachment option): stored and
+        served at its `url` the way Discord's CDN serves attachments."""
+        attachment_id = self.ids.next()
+        self.world.attachments[attachment_id] = (filename, data, content_type)
+        url = f"{self.http_url}/attachments/{channel.id}/{attachment_id}/{filename}"
+        return {"id": str(attachment_id), "filename": filename, "size": len(data), "url": url,
+                "proxy_url": url, "content_type": content_type}
+
+    def downloaded(self, attachment: Mapping[str, Any]) -> bool:
+        """Whether anyone fetched this attachment's file."""
+        return int(attachment["id"]) in self.rest.downloads
+
+    def attachment_data(self, attachment: Mapping[str, Any]) -> bytes:
+        """The bytes of an attachment (one the bot uploaded, as members download it)."""
+        return self.world.attachments[int(attachment["id"])][1]
+
     def dm_channel(self, user: User) -> Channel:
         """The DM channel between the bot and `user` (made on first use, like Discord)."""
         channel = self.world.find_dm(user.id)

@@ -155,6 +155,7 @@ class RestApi:
     def __init__(self, emulator: DiscordEmulator) -> None:
         self.emulator = emulator
         self.requests: list[RecordedRequest] = []
+        self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
         self.unhandled: list[RecordedRequest] = []
         self.failures: list[FailureRule] = []
         self.delays: list[DelayRule] = []
@@ -863,6 +864,8 @@ class RestApi:
 
     async def get_attachment(self, request: web.Request) -> web.Response:
         attachment_id = request.match_info["attachment_id"]
+        if attachment_id.isdigit():
+            self.downloads.append(int(attachment_id))
         found = (
             self.emulator.world.attachments.get(int(attachment_id))
             if attachment_id.isdigit()
