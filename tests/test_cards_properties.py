@@ -27,6 +27,8 @@ from tests.test_prompt_properties import assert_only_the_renderer_starts_lines, 
 
 FAST = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
+# Each example encodes a 400×600 PNG: fewer of them, same coverage of the text fields.
+PICTURES = settings(FAST, max_examples=100)
 VALID_PNG = png_card([("chara", b64(v2_card()))])
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -104,7 +106,7 @@ def hostile_cards(draw: st.DrawFn) -> dict[str, Any]:
                 character_book={"entries": lore, "token_budget": 300})
 
 
-@FAST
+@PICTURES
 @given(card=hostile_cards())
 def test_an_accepted_card_exports_and_imports_back_unchanged(card: dict[str, Any]) -> None:
     character = read_or_refuse(json.dumps(card).encode())
