@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pygbot.chat import ChatConfig, ChatService
 from pygbot.config import ConfigError, Settings, check_combinations
 from pygbot.engine import Engine, EngineLoadError
+from pygbot.engine_errors import EngineUnavailableError
 from pygbot.library import NoPersonasError, PersonaLibrary, UnknownPersonaError
+from pygbot.remote import RemoteConfig, RemoteEngine
+from pygbot.remote_api import unsupported_settings
 from pygbot.store import Store, StoreError
+from pygbot.tokenizer import TokenCounter, TokenizerLoadError
 from pygbot.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ class Services:
     settings: Settings
     store: Store
     library: PersonaLibrary
-    engine: Engine
+    engine: Engine | RemoteEngine
     worker: Worker
     chat: ChatService
 
@@ -49,18 +53,59 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         try:
             library = PersonaLibrary.from_dir(store, settings.personas_dir,
                                               settings.default_persona)
-            engine = await asyncio.to_thread(Engine.load, settings.model, settings.device,
-                                             settings.dtype)
-        except (EngineLoadError, NoPersonasError) as error:
+        except NoPersonasError as error:
             raise StartupError(str(error)) from None
-        config = ChatConfig.from_settings(settings, engine.context_tokens)
-        try:  # a model with a smaller context than CONTEXT_TOKENS may leave too little room
-            check_combinations(settings, config.context_tokens)
-        except ConfigError as error:
-            raise StartupError(str(error)) from None
-        async with Worker(engine, settings.queue_max, settings.max_batch) as worker:
-            chat = ChatService(store, worker, library, engine.count_tokens, config)
-            yield Services(settings, store, library, engine, worker, chat)
+        async with _open_engine(settings) as engine:
+            config = ChatConfig.from_settings(settings, engine.context_tokens)
+            try:  # a model with a smaller context than CONTEXT_TOKENS may leave too little room
+                check_combinations(settings, config.context_tokens)
+            except ConfigError as error:
+                raise StartupError(str(error)) from None
+            # A remote server batches by itself: the worker hands it ENGINE_CONCURRENCY at once.
+            batch = settings.engine_concurrency if settings.engine == "remote" \
+                else settings.max_batch
+            async with Worker(engine, settings.queue_max, batch) as worker:
+                chat = ChatService(store, worker, library, engine.count_tokens, config)
+                yield Services(settings, store, library, engine, worker, chat)
+
+
+@contextlib.asynccontextmanager
+async def _open_engine(settings: Settings) -> AsyncIterator[Engine | RemoteEngine]:
+    if settings.engine == "remote":
+        async with _open_remote_engine(settings) as remote:
+            yield remote
+        return
+    try:
+        engine = await asyncio.to_thread(Engine.load, settings.model, settings.device,
+                                         settings.dtype)
+    except EngineLoadError as error:
+        raise StartupError(str(error)) from None
+    yield engine
+
+
+@contextlib.asynccontextmanager
+async def _open_remote_engine(settings: Settings) -> AsyncIterator[RemoteEngine]:
+    """The tokenizer (for the budget) loaded here, the model served elsewhere; a server that
+    is down is one line and exit 1, unless ENGINE_START_OFFLINE lets the bot start anyway."""
+    try:
+        counter = await asyncio.to_thread(TokenCounter.load, settings.tokenizer_source)
+    except TokenizerLoadError as error:
+        raise StartupError(str(error)) from None
+    for unsupported in unsupported_settings(settings):
+        log.warning("%s", unsupported)
+    engine = RemoteEngine(RemoteConfig.from_settings(settings), counter)
+    try:
+        await engine.open()
+    except EngineUnavailableError as error:
+        if not settings.engine_start_offline:
+            await engine.aclose()
+            raise StartupError(f"{error}; start the server first, fix ENGINE_URL, or set "
+                               "ENGINE_START_OFFLINE=true to start anyway") from None
+        log.warning("starting without the engine server (ENGINE_START_OFFLINE): %s", error)
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
 
 
 async def switch_persona(library: PersonaLibrary, guild_id: int, name: str) -> None:

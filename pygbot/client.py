@@ -16,14 +16,16 @@ from discord.ext import commands
 
 from pygbot.app import Services, StartupError
 from pygbot.cogs.access import AccessPolicy
-from pygbot.cogs.admin import AdminCog, ModelInfo
+from pygbot.cogs.admin import AdminCog, EngineLines, ModelInfo
 from pygbot.cogs.chat import ChatCog
 from pygbot.cogs.persona import PersonaCog
 from pygbot.cogs.posting import DiscordPoster
 from pygbot.cogs.reply_view import ReplyControls
 from pygbot.config import Settings
+from pygbot.engine import Engine
 from pygbot.intake import Intake, IntakeConfig
 from pygbot.ratelimit import MemberRateLimiter
+from pygbot.remote import RemoteEngine
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,12 @@ class PygBot(commands.Bot):
         services = self.services
         settings = services.settings
         access = self.access
-        engine = services.engine
         limiter = MemberRateLimiter(settings.rate_limit_burst, settings.rate_limit_per_minute)
         await self.add_cog(ChatCog(self, services.chat, access, intake=self.intake,
                                    limiter=limiter, max_age_s=settings.pending_max_age_s))
         await self.add_cog(PersonaCog(services.chat, access))
         await self.add_cog(AdminCog(services.chat, services.store, services.worker, access,
-                                    ModelInfo(engine.model_name, engine.device, engine.dtype)))
+                                    engine_lines(services.engine)))
         self.add_view(ReplyControls(services.chat, access))  # buttons on replies from earlier runs
         await self._sync_commands()
 
@@ -114,6 +115,30 @@ def _sync_reason(error: Exception, guild_id: int | None) -> str:
     return f"{type(error).__name__} {error}".strip()
 
 
+class ShardedPygBot(PygBot, commands.AutoShardedBot):
+    """The same bot on several gateway connections (shards) in one process: discord.py's
+    AutoShardedBot routes each server's events to its shard."""
+
+
+def engine_lines(engine: Engine | RemoteEngine) -> EngineLines:
+    if isinstance(engine, RemoteEngine):
+        return engine.status_lines
+    return ModelInfo(engine.model_name, engine.device, engine.dtype).status_lines
+
+
+def make_bot(services: Services, **options: Any) -> PygBot:
+    """A plain bot, or with SHARD_COUNT a sharded one running SHARD_IDS (all by default)."""
+    settings = services.settings
+    if settings.shard_count is None:
+        return PygBot(services, **options)
+    shard_ids = list(settings.shard_ids) or None
+    log.info("running shard(s) %s of %d", ", ".join(map(str, shard_ids or
+                                                       range(settings.shard_count))),
+             settings.shard_count)
+    return ShardedPygBot(services, shard_count=settings.shard_count, shard_ids=shard_ids,
+                         **options)
+
+
 def use_discord_endpoints(settings: Settings) -> None:
     """Point discord.py at a Discord-compatible server when the settings name one.
 
@@ -130,7 +155,7 @@ async def run_discord(services: Services) -> None:
     """Connect and serve until SIGTERM or SIGINT (Ctrl-C), then stop gracefully; setup
     problems become one-line StartupErrors."""
     use_discord_endpoints(services.settings)
-    async with PygBot(services) as bot:
+    async with make_bot(services) as bot:
         try:
             await _serve_until_stopped(bot, services)
         except discord.LoginFailure:

@@ -10,7 +10,7 @@ import logging
 import os
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,11 @@ DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 SPEAKER_LABEL_MODES = ("you", "names")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENGINES = ("local", "remote")
+# The OpenAI-compatible servers whose extra sampling knobs differ (see pygbot.remote_api).
+ENGINE_FLAVORS = ("vllm", "sglang", "aphrodite", "koboldcpp", "llamacpp", "transformers")
+XTC_FLAVORS = ("aphrodite", "koboldcpp", "llamacpp")  # the servers that have the XTC sampler
+MAX_SHARDS = 1000
 
 
 class ConfigError(ValueError):
@@ -50,7 +55,7 @@ class ConflictError(WordedConfigError):
 
 @dataclass(frozen=True)
 class Settings:
-    discord_token: str = ""
+    discord_token: str = field(default="", repr=False)  # secrets stay out of reprs and logs
     model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
@@ -84,6 +89,20 @@ class Settings:
     dev_guild_id: int | None = None
     discord_api_url: str = ""
     discord_gateway_url: str = ""
+    engine: str = "local"
+    engine_url: str = ""
+    engine_api_key: str = field(default="", repr=False)
+    engine_model: str = ""
+    engine_flavor: str = "vllm"
+    engine_concurrency: int = 8
+    engine_timeout_s: float = 120.0
+    engine_retries: int = 2
+    engine_start_offline: bool = False
+    tokenizer: str = ""
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] = ()
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -112,10 +131,16 @@ class Settings:
                       for key in _KEYS if values.get(key.name, "").strip() != ""})
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict safe to log: the token is never shown."""
+        """The settings as a dict safe to log: the secrets are never shown."""
         shown = {key.name: getattr(self, key.field) for key in _KEYS}
         shown["DISCORD_TOKEN"] = "<set>" if self.discord_token else "<not set>"
+        shown["ENGINE_API_KEY"] = "<set>" if self.engine_api_key else "<not set>"
         return shown
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Where the token budget's tokenizer comes from: TOKENIZER, else MODEL."""
+        return self.tokenizer or self.model
 
 
 def check_combinations(settings: Settings, context_tokens: int | None = None) -> None:
@@ -137,6 +162,33 @@ def check_combinations(settings: Settings, context_tokens: int | None = None) ->
         raise ConflictError("DISCORD_API_URL", (
             "DISCORD_API_URL and DISCORD_GATEWAY_URL go together: set both to use a "
             "Discord-compatible server, or neither to use Discord"))
+    _check_engine(settings)
+    _check_shards(settings)
+
+
+def _check_engine(settings: Settings) -> None:
+    if settings.engine == "remote" and not settings.engine_url:
+        raise ConflictError("ENGINE_URL", (
+            "ENGINE=remote needs ENGINE_URL, the server's address (e.g. http://127.0.0.1:8000); "
+            "or set ENGINE=local to run the model in the bot"))
+    if settings.xtc_probability > 0 and (settings.engine != "remote"
+                                         or settings.engine_flavor not in XTC_FLAVORS):
+        raise ConflictError("XTC_PROBABILITY", (
+            f"XTC_PROBABILITY={settings.xtc_probability} needs ENGINE=remote with "
+            f"ENGINE_FLAVOR {', '.join(XTC_FLAVORS)} (the only ones with the XTC sampler); "
+            "set XTC_PROBABILITY=0"))
+
+
+def _check_shards(settings: Settings) -> None:
+    if settings.shard_ids and settings.shard_count is None:
+        raise ConflictError("SHARD_IDS", (
+            "SHARD_IDS needs SHARD_COUNT, the total number of shards across all processes"))
+    count = settings.shard_count or 0
+    outside = [shard for shard in settings.shard_ids if shard >= count]
+    if outside:
+        raise ConflictError("SHARD_IDS", (
+            f"SHARD_IDS {', '.join(map(str, outside))} not below SHARD_COUNT={count}: shard "
+            f"ids run from 0 to {count - 1}"))
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -218,6 +270,16 @@ def _url(key: str, schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _id_list(key: str, limit: int) -> Callable[[str], tuple[int, ...]]:
+    def parse(raw: str) -> tuple[int, ...]:
+        pieces = [piece.strip() for piece in raw.split(",") if piece.strip()]
+        if not all(piece.isascii() and piece.isdigit() and int(piece) < limit
+                   for piece in pieces):
+            raise ConfigError(key, raw, f"comma-separated numbers from 0 to {limit - 1}")
+        return tuple(sorted({int(piece) for piece in pieces}))
+    return parse
+
+
 @dataclass(frozen=True)
 class _Key:
     name: str
@@ -296,6 +358,40 @@ _KEYS: tuple[_Key, ...] = (
          "empty = Discord"),
     _key("DISCORD_GATEWAY_URL", _url("DISCORD_GATEWAY_URL", ("ws://", "wss://")),
          "Gateway websocket of a Discord-compatible server; empty = Discord"),
+    _key("ENGINE", _choice("ENGINE", ENGINES),
+         "local = run the model in the bot; remote = an OpenAI-compatible server at ENGINE_URL"),
+    _key("ENGINE_URL", _url("ENGINE_URL", ("http://", "https://")),
+         "Base address of the remote server (e.g. http://127.0.0.1:8000); /v1/completions is "
+         "added"),
+    _key("ENGINE_API_KEY", str.strip,
+         "Bearer key the remote server expects (secret; never logged); empty = none"),
+    _key("ENGINE_MODEL", str.strip,
+         "Model name to ask the remote server for; empty = the first one it lists"),
+    _key("ENGINE_FLAVOR", _choice("ENGINE_FLAVOR", ENGINE_FLAVORS),
+         "Which server it is, so each sampling setting reaches it in the form it accepts: "
+         + ", ".join(ENGINE_FLAVORS)),
+    _key("ENGINE_CONCURRENCY", _number("ENGINE_CONCURRENCY", int, 1, 256),
+         "Requests sent to the remote server at once (it batches them)"),
+    _key("ENGINE_TIMEOUT_S", _number("ENGINE_TIMEOUT_S", float, 1.0, 3600.0),
+         "Longest one remote request may take, in seconds, before it is tried again"),
+    _key("ENGINE_RETRIES", _number("ENGINE_RETRIES", int, 0, 10),
+         "Further tries after a remote timeout, refused connection or 5xx (with backoff) "
+         "before the member is told"),
+    _key("ENGINE_START_OFFLINE", _flag("ENGINE_START_OFFLINE"),
+         "Start even when the remote server cannot be reached (/pygbot status says so); "
+         "false = exit with one line"),
+    _key("TOKENIZER", str.strip,
+         "Tokenizer for the token budget with ENGINE=remote (tokenizer files only, no "
+         "weights); empty = MODEL"),
+    _key("XTC_PROBABILITY", _number("XTC_PROBABILITY", float, 0.0, 1.0),
+         "XTC sampler (remote aphrodite, koboldcpp, llamacpp only): chance of removing the "
+         "top choices; 0 = off"),
+    _key("XTC_THRESHOLD", _number("XTC_THRESHOLD", float, 0.0, 1.0),
+         "XTC: tokens above this probability may be removed (all but the least likely)"),
+    _Key("SHARD_COUNT", "shard_count", _number("SHARD_COUNT", int, 1, MAX_SHARDS),
+         "Total Discord shards across all processes; empty = one connection, no sharding"),
+    _Key("SHARD_IDS", "shard_ids", _id_list("SHARD_IDS", MAX_SHARDS),
+         "Shards this process runs (e.g. 0,1); empty = all of SHARD_COUNT"),
     _key("LOG_LEVEL", _choice("LOG_LEVEL", LOG_LEVELS, upper=True), "Logging verbosity"),
 )
 
@@ -310,6 +406,6 @@ def documented_keys() -> list[tuple[str, str, str]]:
     for key in _KEYS:
         default = getattr(defaults, key.field)
         shown = "" if default is None else str(default).lower() if isinstance(default, bool) \
-            else str(default)
+            else ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
         rows.append((key.name, shown, key.help))
     return rows

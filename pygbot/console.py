@@ -16,6 +16,7 @@ import shutil
 from typing import TextIO
 
 from pygbot.chat import Author, ChatService, EmptyReplyError, NothingToRegenerateError
+from pygbot.engine_errors import EngineRequestError, EngineUnavailableError
 from pygbot.streaming import PartialListener
 from pygbot.worker import QueueFullError
 
@@ -100,7 +101,8 @@ class Console:
                     self._say(f"{greeting.name}: {greeting.text}")
             else:
                 await self._answer(text)
-        except (EmptyReplyError, NothingToRegenerateError, QueueFullError) as error:
+        except (EmptyReplyError, NothingToRegenerateError, QueueFullError,
+                EngineUnavailableError, EngineRequestError) as error:
             self._say(f"({error}; nothing was stored, try again)")
 
     async def _answer(self, text: str) -> None:

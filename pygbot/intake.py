@@ -30,12 +30,15 @@ from typing import Protocol
 
 from pygbot.chat import Author, ChatReply, ChatService, EmptyReplyError, Said
 from pygbot.config import Settings
+from pygbot.engine_errors import EngineUnavailableError
 from pygbot.store import IntakeMessage, Store, StoredTurn, StoreError
 from pygbot.worker import WorkerClosedError
 
 log = logging.getLogger(__name__)
 
 ENGINE_FAILED_NOTICE = "Sorry, something went wrong while I was thinking. Please say that again."
+ENGINE_UNREACHABLE_NOTICE = ("Sorry, I can't think straight right now: the model server is not "
+                             "answering. Please say that again in a few minutes.")
 EMPTY_REPLY_NOTICE = "I lost my train of thought there. Please say that again."
 DATABASE_FAILED_NOTICE = ("Sorry, I could not save our conversation just now. "
                           "Please say that again in a moment.")
@@ -294,6 +297,9 @@ class Intake:
             return  # shutting down: the messages stay pending for the next start
         if isinstance(error, EmptyReplyError):
             notice = EMPTY_REPLY_NOTICE
+        elif isinstance(error, EngineUnavailableError):
+            log.error("channel %s: %s", channel_id, error)
+            notice = ENGINE_UNREACHABLE_NOTICE
         elif isinstance(error, StoreError | sqlite3.Error):
             log.error("channel %s: the database failed: %s", channel_id, error)
             notice = DATABASE_FAILED_NOTICE

@@ -157,3 +157,35 @@ def test_an_env_file_with_a_byte_order_mark_quotes_and_export_is_read(tmp_path: 
 def test_a_control_character_from_the_environment_is_refused_too() -> None:
     with pytest.raises(ConfigError, match=r"^MODEL contains a control character"):
         Settings.from_env({"MODEL": "models/\x1b[31mpyg"}, env_file=None)
+
+
+def test_the_engine_api_key_never_appears_in_the_redacted_settings() -> None:
+    settings = Settings.from_env({"ENGINE": "remote", "ENGINE_URL": "http://gpu-box:8000",
+                                  "ENGINE_API_KEY": "sk-engine-secret"}, env_file=None)
+    assert "sk-engine-secret" not in repr(settings.redacted())
+    assert "sk-engine-secret" not in repr(settings)
+    assert settings.redacted()["ENGINE_API_KEY"] == "<set>"
+
+
+@pytest.mark.parametrize(("environ", "names"), [
+    ({"ENGINE": "remote"}, ("ENGINE=remote needs ENGINE_URL",)),
+    ({"XTC_PROBABILITY": "0.5"}, ("XTC_PROBABILITY=0.5 needs ENGINE=remote",)),
+    ({"ENGINE": "remote", "ENGINE_URL": "http://x:1", "XTC_PROBABILITY": "0.5",
+      "ENGINE_FLAVOR": "vllm"}, ("aphrodite, koboldcpp, llamacpp",)),
+    ({"SHARD_IDS": "0,1"}, ("SHARD_IDS needs SHARD_COUNT",)),
+    ({"SHARD_COUNT": "2", "SHARD_IDS": "1,2"}, ("SHARD_IDS 2 not below SHARD_COUNT=2",)),
+])
+def test_engine_and_shard_settings_that_cannot_work_are_refused_in_one_line(
+    environ: dict[str, str], names: tuple[str, ...],
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(environ, env_file=None)
+    assert all(name in str(caught.value) for name in names) and "\n" not in str(caught.value)
+
+
+def test_shard_ids_and_the_tokenizer_default() -> None:
+    settings = Settings.from_env({"SHARD_COUNT": "4", "SHARD_IDS": "3, 1"}, env_file=None)
+    assert settings.shard_ids == (1, 3) and settings.shard_count == 4
+    assert settings.tokenizer_source == settings.model
+    with pytest.raises(ConfigError, match="comma-separated numbers"):
+        Settings.from_env({"SHARD_COUNT": "4", "SHARD_IDS": "one"}, env_file=None)

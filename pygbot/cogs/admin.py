@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import discord
@@ -18,9 +19,17 @@ from pygbot.worker import Worker
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """The local engine, for /pygbot status."""
+
     name: str
     device: str
     dtype: str
+
+    def status_lines(self) -> list[str]:
+        return [f"**Model:** {self.name}", f"**Device:** {self.device} ({self.dtype})"]
+
+
+EngineLines = Callable[[], list[str]]  # the engine's own lines, asked at each /pygbot status
 
 
 class AdminCog(commands.Cog):
@@ -28,12 +37,12 @@ class AdminCog(commands.Cog):
                                 guild_only=True)
 
     def __init__(self, chat: ChatService, store: Store, worker: Worker, access: AccessPolicy,
-                 model: ModelInfo) -> None:
+                 engine_lines: EngineLines) -> None:
         self.chat = chat
         self.store = store
         self.worker = worker
         self.access = access
-        self.model = model
+        self.engine_lines = engine_lines
 
     @app_commands.command()
     @app_commands.guild_only()
@@ -57,14 +66,13 @@ class AdminCog(commands.Cog):
 
     @pygbot.command()
     async def status(self, interaction: discord.Interaction) -> None:
-        """Show the model, device, queue and speed."""
+        """Show the engine, model, queue and speed."""
         stats = self.worker.stats()
         persona = await self.chat.library.active(interaction.guild_id or 0,
                                                  interaction.channel_id)
         settings = await self.store.guild_settings(interaction.guild_id or 0)
         lines = [
-            f"**Model:** {self.model.name}",
-            f"**Device:** {self.model.device} ({self.model.dtype})",
+            *self.engine_lines(),
             f"**Character:** {persona.name}",
             f"**Queue:** {self.worker.depth} waiting or generating",
             f"**Speed:** {stats.tokens_per_second:.1f} tokens/s over {stats.requests} replies",

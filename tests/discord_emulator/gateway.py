@@ -134,6 +134,27 @@ class Session:
     connection: Connection | None = None
 
 
+GUILD_EVENTS_BY_ID = frozenset({"GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"})
+SNOWFLAKE_TIMESTAMP_SHIFT = 22
+
+
+def on_shard(session: Session, guild_id: object) -> bool:
+    """Discord's routing: a guild's events go to shard (guild_id >> 22) % num_shards; events
+    outside guilds (DMs) only to shard 0. An unsharded session gets everything."""
+    if session.shard is None:
+        return True
+    shard_id, count = session.shard
+    if guild_id is None:
+        return shard_id == 0
+    return (int(str(guild_id)) >> SNOWFLAKE_TIMESTAMP_SHIFT) % count == shard_id
+
+
+def event_guild_id(event: str, data: JSON) -> object:
+    if event in GUILD_EVENTS_BY_ID:
+        return data.get("id")
+    return data.get("guild_id")
+
+
 class Connection:
     """One websocket: serialises sends so compression and sequence order stay intact."""
 
@@ -213,7 +234,7 @@ class GatewayHub:
             if intent is not None and not session.intents & intent:
                 continue
             data = build(session)
-            if data is None:
+            if data is None or not on_shard(session, event_guild_id(event, data)):
                 continue
             delivered += session.connection is not None
             await self._dispatch(session, event, data)
@@ -375,6 +396,8 @@ class GatewayHub:
             await connection._dispatch_unlocked(session, "READY", self._ready_payload(session))
             if session.intents & GUILDS:
                 for guild_json in self.emulator.guild_create_payloads(session.intents):
+                    if not on_shard(session, guild_json["id"]):
+                        continue
                     await connection._dispatch_unlocked(session, "GUILD_CREATE", guild_json)
         self.ready.set()
         return True
@@ -395,7 +418,8 @@ class GatewayHub:
         data: JSON = {
             "v": 10,
             "user": emulator.bot_user_json(),
-            "guilds": [{"id": str(g), "unavailable": True} for g in emulator.bot_guild_ids()],
+            "guilds": [{"id": str(g), "unavailable": True} for g in emulator.bot_guild_ids()
+                       if on_shard(session, g)],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": emulator.gateway_url,
