@@ -61,12 +61,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 check_combinations(settings, config.context_tokens)
             except ConfigError as error:
                 raise StartupError(str(error)) from None
-            # A remote server batches by itself: the worker hands it ENGINE_CONCURRENCY at once.
-            batch = settings.engine_concurrency if settings.engine == "remote" \
-                else settings.max_batch
-            async with Worker(engine, settings.queue_max, batch) as worker:
+            async with _worker(settings, engine) as worker:
                 chat = ChatService(store, worker, library, engine.count_tokens, config)
                 yield Services(settings, store, library, engine, worker, chat)
+
+
+def _worker(settings: Settings, engine: Engine | RemoteEngine) -> Worker:
+    if settings.engine == "remote":
+        # The server batches by itself: each request goes alone, ENGINE_CONCURRENCY at once,
+        # so a slow or failed one never holds up another.
+        return Worker(engine, settings.queue_max, max_batch=1,
+                      concurrent_batches=settings.engine_concurrency)
+    return Worker(engine, settings.queue_max, settings.max_batch)
 
 
 @contextlib.asynccontextmanager

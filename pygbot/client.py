@@ -26,6 +26,7 @@ from pygbot.engine import Engine
 from pygbot.intake import Intake, IntakeConfig
 from pygbot.ratelimit import MemberRateLimiter
 from pygbot.remote import RemoteEngine
+from pygbot.sharding import guild_owner
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class PygBot(commands.Bot):
         self.access = AccessPolicy(services.store, services.settings.allow_dms)
         self.poster = DiscordPoster(self, services.chat, self.access)
         self.intake = Intake(services.store, services.chat, self.poster,
-                             IntakeConfig.from_settings(services.settings))
+                             IntakeConfig.from_settings(services.settings),
+                             owns_guild=guild_owner(services.settings))
 
     async def setup_hook(self) -> None:
         services = self.services

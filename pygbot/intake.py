@@ -31,6 +31,7 @@ from typing import Protocol
 from pygbot.chat import Author, ChatReply, ChatService, EmptyReplyError, Said
 from pygbot.config import Settings
 from pygbot.engine_errors import EngineUnavailableError
+from pygbot.sharding import every_guild
 from pygbot.store import IntakeMessage, Store, StoredTurn, StoreError
 from pygbot.worker import WorkerClosedError
 
@@ -88,8 +89,11 @@ class IntakeConfig:
 
 class Intake:
     def __init__(self, store: Store, chat: ChatService, poster: Poster, config: IntakeConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 owns_guild: Callable[[int], bool] = every_guild) -> None:
         self._store = store
+        # Sharded processes share the database: each answers only its own servers.
+        self.owns_guild = owns_guild
         self._chat = chat
         self._poster = poster
         self._config = config
@@ -153,7 +157,14 @@ class Intake:
                 log.info("pruned %d settled intake rows", pruned)
         self._open = True
         for channel_id in await self._store.open_intake_channels():
-            self.wake(channel_id)
+            if await self._owns_channel(channel_id):
+                self.wake(channel_id)
+
+    async def _owns_channel(self, channel_id: int) -> bool:
+        if self.owns_guild is every_guild:
+            return True
+        waiting = await self._store.open_intake(channel_id)
+        return bool(waiting) and self.owns_guild(waiting[0].guild_id)
 
     def wake(self, channel_id: int) -> None:
         """Make sure the channel's lane looks at its open messages (again)."""

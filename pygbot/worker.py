@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class Generator(Protocol):
-    """What the worker needs from an engine (pygbot.engine.Engine, or a test's stand-in)."""
+    """What the worker needs from an engine (pygbot.engine.Engine, or a test's stand-in).
+
+    An engine that waits on the network rather than computing (pygbot.remote.RemoteEngine)
+    also has `agenerate`, a coroutine with the same contract; the worker awaits it on the
+    event loop instead of tying up a thread per request."""
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
 
@@ -53,10 +57,15 @@ class _Job:
 
 
 class Worker:
-    def __init__(self, engine: Generator, queue_max: int = 32, max_batch: int = 4) -> None:
+    def __init__(self, engine: Generator, queue_max: int = 32, max_batch: int = 4,
+                 concurrent_batches: int = 1) -> None:
+        """`concurrent_batches` > 1 runs that many batches at once: for a remote server,
+        which batches by itself, so a slow or failed request never holds up another."""
         self._engine = engine
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_max)
         self._max_batch = max_batch
+        self._batch_slots = asyncio.Semaphore(concurrent_batches)
+        self._batches_running = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._live: set[asyncio.Future[GenerationResult]] = set()  # queued or generating
@@ -118,14 +127,26 @@ class Worker:
             self._task = None
 
     async def _serve(self) -> None:
+        running: set[asyncio.Task[None]] = set()
         while True:
+            await self._batch_slots.acquire()
             batch = await self._next_batch()
             if not batch:
+                self._batch_slots.release()
                 continue
             self._idle.clear()
-            try:
-                await self._run(batch)
-            finally:
+            self._batches_running += 1
+            task = asyncio.create_task(self._run_in_slot(batch))
+            running.add(task)  # a reference, so the task is not collected mid-run
+            task.add_done_callback(running.discard)
+
+    async def _run_in_slot(self, batch: list[_Job]) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            self._batch_slots.release()
+            self._batches_running -= 1
+            if self._batches_running == 0:
                 self._idle.set()
 
     async def _next_batch(self) -> list[_Job]:
@@ -136,8 +157,13 @@ class Worker:
 
     async def _run(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
+        requests = [job.request for job in batch]
+        agenerate = getattr(self._engine, "agenerate", None)
         try:
-            results = await asyncio.to_thread(self._engine.generate, [j.request for j in batch])
+            if agenerate is not None:
+                results = await agenerate(requests)
+            else:
+                results = await asyncio.to_thread(self._engine.generate, requests)
         except asyncio.CancelledError:
             self._fail(batch, WorkerClosedError("the bot is shutting down"))
             raise

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,11 @@ def free_port() -> int:
 class TransformersServe:
     """`transformers serve MODEL` as a child process, offline, CPU only."""
 
-    def __init__(self, model_dir: Path, log_path: Path) -> None:
+    def __init__(self, model_dir: Path, log_path: Path,
+                 extra_args: Sequence[str] = ()) -> None:
         self.model_dir = model_dir
         self.log_path = log_path
+        self.extra_args = list(extra_args)  # more `transformers serve` options
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +62,7 @@ class TransformersServe:
                "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "0"}
         command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()",
                    "serve", str(self.model_dir), "--host", HOST, "--port", str(self.port),
-                   "--device", "cpu", "--dtype", "float32"]
+                   "--device", "cpu", "--dtype", "float32", *self.extra_args]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         self._wait_until_healthy()

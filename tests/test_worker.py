@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 
 import pytest
 
-from pygbot.engine import Engine, GenerationParams, GenerationRequest
+from pygbot.engine import Engine, GenerationParams, GenerationRequest, GenerationResult
 from pygbot.worker import QueueFullError, Worker, WorkerClosedError
 from tests.scripted_engine import ScriptedEngine
 
@@ -117,3 +118,38 @@ async def test_shutdown_finishes_the_batch_in_progress_and_refuses_the_rest(
         await queued
     with pytest.raises(WorkerClosedError):
         await worker.submit(request("too late"))
+
+
+class HeldEngine:
+    """An engine that waits on the network (like RemoteEngine): its requests wait until the
+    test lets them go, and it counts how many wait at once."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.most = 0
+        self.release = asyncio.Event()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        raise AssertionError("an engine with agenerate is awaited, not run in a thread")
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]
+                        ) -> list[GenerationResult]:
+        self.waiting += 1
+        self.most = max(self.most, self.waiting)
+        await self.release.wait()
+        self.waiting -= 1
+        return [GenerationResult(f"re: {r.prompt}", 1, 0.0) for r in requests]
+
+
+async def test_concurrent_batches_are_in_flight_side_by_side() -> None:
+    engine = HeldEngine()
+    async with Worker(engine, max_batch=1, concurrent_batches=3) as worker:
+        replies = [asyncio.create_task(worker.submit(GenerationRequest(f"p{i}")))
+                   for i in range(4)]
+        while engine.waiting < 3:
+            await asyncio.sleep(0.01)
+        assert worker.depth == 4 and engine.most == 3  # the fourth waits for a slot
+        engine.release.set()
+        results = await asyncio.gather(*replies)
+    assert [r.text for r in results] == [f"re: p{i}" for i in range(4)]
+    assert engine.most == 3

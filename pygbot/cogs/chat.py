@@ -103,6 +103,9 @@ class ChatCog(commands.Cog):
         channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
         if not isinstance(channel, discord.abc.Messageable):
             return 0
+        guild = getattr(channel, "guild", None)
+        if not self.intake.owns_guild(guild.id if guild is not None else 0):
+            return 0  # another shard's process reads this one back
         if await self.access.check(channel) is not Access.ALLOWED:
             return 0
         me = self.bot.user
