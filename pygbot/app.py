@@ -9,25 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pygbot.chat import ChatConfig, ChatService
 from pygbot.config import ConfigError, Settings, check_combinations
 from pygbot.engine import Engine, EngineLoadError
 from pygbot.engine_errors import EngineUnavailableError
+from pygbot.hub import HubError, local_folder
 from pygbot.library import NoPersonasError, PersonaLibrary, UnknownPersonaError
 from pygbot.remote import RemoteConfig, RemoteEngine
 from pygbot.remote_api import unsupported_settings
+from pygbot.startup import StartupError
 from pygbot.store import Store, StoreError
 from pygbot.tokenizer import TokenCounter, TokenizerLoadError
 from pygbot.worker import Worker
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Services", "StartupError", "open_services", "switch_persona"]
 
-class StartupError(Exception):
-    """Start-up failed for a reason the admin can fix; `str()` is the one line to show."""
+# Work to do once the database and characters are open but before the model loads: checks
+# that take a second (a character name, the Discord login) must not wait a minute for it.
+BeforeModel = Callable[[PersonaLibrary], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,11 @@ class Services:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open everything in dependency order and close it in reverse, also on errors."""
+async def open_services(
+    settings: Settings, before_model: BeforeModel | None = None,
+) -> AsyncIterator[Services]:
+    """Open everything in dependency order, cheapest first, and close it in reverse, also
+    on errors: database, characters, `before_model`, then the model."""
     log.info("settings: %s", settings.redacted())  # the token shows as <set>, never itself
     try:
         store = await Store.open(settings.db_path)
@@ -55,6 +62,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                               settings.default_persona)
         except NoPersonasError as error:
             raise StartupError(str(error)) from None
+        if before_model is not None:
+            await before_model(library)
         async with _open_engine(settings) as engine:
             config = ChatConfig.from_settings(settings, engine.context_tokens)
             try:  # a model with a smaller context than CONTEXT_TOKENS may leave too little room
@@ -81,12 +90,17 @@ async def _open_engine(settings: Settings) -> AsyncIterator[Engine | RemoteEngin
         async with _open_remote_engine(settings) as remote:
             yield remote
         return
+    yield await load_engine(settings)
+
+
+async def load_engine(settings: Settings) -> Engine:
+    """MODEL as a local folder (from the Hub if need be), then the model on its device."""
     try:
-        engine = await asyncio.to_thread(Engine.load, settings.model, settings.device,
-                                         settings.dtype)
-    except EngineLoadError as error:
+        folder = await asyncio.to_thread(local_folder, settings.model)
+        return await asyncio.to_thread(Engine.load, folder, settings.device, settings.dtype,
+                                       settings.model)
+    except (HubError, EngineLoadError) as error:
         raise StartupError(str(error)) from None
-    yield engine
 
 
 @contextlib.asynccontextmanager

@@ -64,6 +64,11 @@ class NothingToRegenerateError(LookupError):
     """There is no reply of the character's to regenerate in this channel."""
 
 
+class GreedyRegenerateError(NothingToRegenerateError):
+    """With TEMPERATURE=0 every generation of a prompt is the same text: a regenerate could
+    only repeat the reply already shown."""
+
+
 @dataclass(frozen=True)
 class Author:
     id: int
@@ -215,6 +220,10 @@ class ChatService:
             history = await self._conversation(channel_id, persona)
             if len(history) < 2 or history[-1].role != "character" or history[-2].role != "user":
                 raise NothingToRegenerateError("there is no reply to regenerate here")
+            if self._greedy:
+                raise GreedyRegenerateError(
+                    "TEMPERATURE=0 is greedy decoding, which writes the same reply every time; "
+                    "set TEMPERATURE above 0 (e.g. 0.65) to get different alternatives")
             latest = history[-1]
             earlier = history[:-1]
             avoid = [*_character_texts(earlier), *latest.alternatives]
@@ -307,7 +316,8 @@ class ChatService:
         config = self._config
         prompt = build_prompt(persona, turns, config.prompt_budget, self._count_tokens,
                               config.repetition_window_tokens)
-        attempts = 1 + config.repetition_retries
+        # A greedy resample is the same text again: one try is all there is.
+        attempts = 1 if self._greedy else 1 + config.repetition_retries
         rejected = False
         for attempt in range(attempts):
             text = await self._sample(persona, prompt, attempt, on_partial)
@@ -321,6 +331,10 @@ class ChatService:
         if rejected:
             raise RejectedReplyError("every sample repeated a recent reply or used another name")
         raise EmptyReplyError("the model produced an empty reply")
+
+    @property
+    def _greedy(self) -> bool:
+        return self._config.params.temperature <= 0
 
     def _problem(self, text: str, persona: Persona, recent: Sequence[str]) -> str | None:
         """Why `text` must not be posted, or None when it may."""

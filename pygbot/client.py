@@ -14,7 +14,7 @@ import discord.http
 import yarl
 from discord.ext import commands
 
-from pygbot.app import Services, StartupError
+from pygbot.app import Services
 from pygbot.cogs.access import AccessPolicy
 from pygbot.cogs.admin import AdminCog, EngineLines, ModelInfo
 from pygbot.cogs.chat import ChatCog
@@ -27,8 +27,13 @@ from pygbot.intake import Intake, IntakeConfig
 from pygbot.ratelimit import MemberRateLimiter
 from pygbot.remote import RemoteEngine
 from pygbot.sharding import guild_owner
+from pygbot.startup import StartupError
 
 log = logging.getLogger(__name__)
+
+LOGIN_TIMEOUT_S = 30.0  # aiohttp's own default would let a silent network hang for 5 minutes
+TOKEN_REJECTED = ("Discord rejected DISCORD_TOKEN; copy the token again from the Developer "
+                  "Portal (Bot → Reset Token)")
 
 # The model's text may ping no one; only the member being answered is notified.
 ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, users=False, roles=False,
@@ -153,6 +158,36 @@ def use_discord_endpoints(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+async def check_login(settings: Settings) -> None:
+    """Log in over REST once, before the model loads: a rejected token or a Discord that
+    cannot be reached is reported in seconds, as one line."""
+    use_discord_endpoints(settings)
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    try:
+        user = await asyncio.wait_for(http.static_login(settings.discord_token),
+                                      LOGIN_TIMEOUT_S)
+    except discord.LoginFailure:
+        raise StartupError(TOKEN_REJECTED) from None
+    except (OSError, aiohttp.ClientError, asyncio.TimeoutError, discord.HTTPException) as error:
+        raise unreachable(error, settings) from None
+    finally:
+        await http.close()
+    log.info("DISCORD_TOKEN accepted: logging in as %s", user.get("username", "the bot"))
+
+
+def unreachable(error: BaseException, settings: Settings) -> StartupError:
+    """One line for a network failure between this machine and Discord."""
+    reason = str(error).strip() or type(error).__name__
+    if isinstance(error, discord.HTTPException):
+        reason = f"HTTP {error.status}"
+    elif isinstance(error, asyncio.TimeoutError):
+        reason = f"no answer in {LOGIN_TIMEOUT_S:.0f} s"
+    return StartupError(
+        f"cannot reach Discord at {discord.http.Route.BASE} ({reason}); check this machine's "
+        "internet connection, DNS, firewall and proxy"
+        + (", and DISCORD_API_URL" if settings.discord_api_url else ""))
+
+
 async def run_discord(services: Services) -> None:
     """Connect and serve until SIGTERM or SIGINT (Ctrl-C), then stop gracefully; setup
     problems become one-line StartupErrors."""
@@ -161,8 +196,9 @@ async def run_discord(services: Services) -> None:
         try:
             await _serve_until_stopped(bot, services)
         except discord.LoginFailure:
-            raise StartupError("Discord rejected DISCORD_TOKEN; copy the token again from "
-                               "the Developer Portal (Bot → Reset Token)") from None
+            raise StartupError(TOKEN_REJECTED) from None
+        except (OSError, aiohttp.ClientError) as error:  # e.g. the network went at login
+            raise unreachable(error, services.settings) from None
         except discord.PrivilegedIntentsRequired:
             raise StartupError("enable MESSAGE CONTENT INTENT for the bot in the Developer "
                                "Portal (Bot → Privileged Gateway Intents)") from None

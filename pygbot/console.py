@@ -15,7 +15,13 @@ import math
 import shutil
 from typing import TextIO
 
-from pygbot.chat import Author, ChatService, EmptyReplyError, NothingToRegenerateError
+from pygbot.chat import (
+    Author,
+    ChatService,
+    EmptyReplyError,
+    GreedyRegenerateError,
+    NothingToRegenerateError,
+)
 from pygbot.engine_errors import EngineRequestError, EngineUnavailableError
 from pygbot.streaming import PartialListener
 from pygbot.worker import QueueFullError
@@ -101,6 +107,8 @@ class Console:
                     self._say(f"{greeting.name}: {greeting.text}")
             else:
                 await self._answer(text)
+        except GreedyRegenerateError as error:
+            self._say(f"({error})")  # trying again would not help
         except (EmptyReplyError, NothingToRegenerateError, QueueFullError,
                 EngineUnavailableError, EngineRequestError) as error:
             self._say(f"({error}; nothing was stored, try again)")

@@ -47,7 +47,8 @@ STOP_TAIL_SLACK_TOKENS = 8  # decoded beyond the longest stop string, for merges
 MAX_REASON_CHARS = 200  # an error's reason is cut here so the startup message stays one line
 FIX_MODEL_HINT = (
     "set MODEL to a local folder that holds config.json and the weights (e.g. one made with "
-    "`huggingface-cli download PygmalionAI/pygmalion-1.3b --local-dir models/pygmalion-1.3b`)"
+    "`python bot.py --download-model --to models/pygmalion-1.3b`, or "
+    "`hf download PygmalionAI/pygmalion-1.3b --local-dir models/pygmalion-1.3b`)"
 )
 
 
@@ -183,6 +184,23 @@ def _load_model(model: str, device: str, dtype: str) -> PreTrainedModel:
         return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype),
                                                     device_map="auto")
     return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+
+
+def save_dense_from_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantise a GGUF model file with transformers (needs the `gguf` package) and save model
+    and tokenizer as a plain folder that `Engine.load` reads like any other."""
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dense after loading; save_pretrained refuses while the model still
+    # claims to be quantised.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tokenizer.eos_token is None:
+        raise ValueError(f"the tokenizer in {gguf.name} has no end-of-sequence token")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 # --- the per-row pieces of generation ------------------------------------------------------------
@@ -348,10 +366,14 @@ class Engine:
         self._structure_masks: dict[tuple[str, ...], torch.Tensor] = {}
 
     @classmethod
-    def load(cls, model: str, device: str = "auto", dtype: str = "auto") -> Engine:
-        """Load a hub id or local folder; any failure is an `EngineLoadError` with a fix."""
+    def load(cls, model: str, device: str = "auto", dtype: str = "auto",
+             name: str | None = None) -> Engine:
+        """Load a hub id or local folder; any failure is an `EngineLoadError` with a fix.
+        `name` is what the model is called in status and logs (e.g. its hub id when `model`
+        is the cache folder it was downloaded to)."""
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
+        log.info("loading %s on %s as %s (this can take a minute)", name or model, device, dtype)
         started = time.perf_counter()
         try:
             _check_local_folder(model)
@@ -359,9 +381,8 @@ class Engine:
             language_model = _load_model(model, device, dtype)
         except (OSError, ValueError, KeyError, ImportError) as error:
             raise _load_error(model, error) from error
-        log.info("loaded %s on %s as %s in %.1f s", model, device, dtype,
-                 time.perf_counter() - started)
-        return cls(model, language_model, tokenizer, device, dtype)
+        log.info("loaded %s in %.1f s", name or model, time.perf_counter() - started)
+        return cls(name or model, language_model, tokenizer, device, dtype)
 
     def count_tokens(self, text: str) -> int:
         with self._tokenizer_lock:

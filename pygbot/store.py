@@ -751,3 +751,29 @@ def _stored_turn(row: sqlite3.Row, alternatives: Sequence[str]) -> StoredTurn:
 def _name_key(name: str) -> str:
     """Persona names are unique per server regardless of case (Aria == ARIA)."""
     return name.strip().casefold()
+
+
+# --- inspection (`python bot.py --check`) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseReport:
+    schema_version: int
+    integrity: str  # "ok", or SQLite's first complaint
+
+
+def inspect_database(path: Path) -> DatabaseReport:
+    """Read a database's schema version and integrity without writing a byte: safe beside a
+    running bot, and changes nothing (no migration) before a restart."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise StoreError(str(error)) from error
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        integrity = str(db.execute("PRAGMA quick_check").fetchone()[0])
+    except sqlite3.Error as error:  # e.g. "file is not a database"
+        raise StoreError(str(error)) from error
+    finally:
+        db.close()
+    return DatabaseReport(version, integrity)
