@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bot_process import READY_LINE
 from tests.discord_emulator import DiscordEmulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,7 +193,7 @@ async def test_a_good_start_shows_model_progress_and_no_voice_warnings(
     assert process.stderr is not None
     seen: list[str] = []
     async with asyncio.timeout(RUN_TIMEOUT_S):
-        while not any("connected as" in line for line in seen):
+        while not any(READY_LINE in line for line in seen):
             line = (await process.stderr.readline()).decode()
             assert line, "".join(seen)  # the bot ended before it connected
             seen.append(line)
