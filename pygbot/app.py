@@ -83,7 +83,7 @@ async def _open_engine(settings: Settings) -> AsyncIterator[Engine | RemoteEngin
         return
     try:
         engine = await asyncio.to_thread(Engine.load, settings.model, settings.device,
-                                         settings.dtype)
+                                         settings.dtype, settings.prefix_cache_mb)
     except EngineLoadError as error:
         raise StartupError(str(error)) from None
     yield engine
