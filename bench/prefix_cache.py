@@ -40,7 +40,6 @@ from pygbot.engine import (  # noqa: E402
     Engine,
     GenerationParams,
     GenerationRequest,
-    GenerationResult,
     sampling_kwargs,
 )
 from pygbot.persona import load_persona_file  # noqa: E402
@@ -70,19 +69,6 @@ class Turned:
     text: str
 
 
-def timed(engine: Engine, request: GenerationRequest) -> tuple[GenerationResult, float]:
-    """The result and the seconds until the reply's first text arrived."""
-    started = time.perf_counter()
-    first: list[float] = []
-
-    def heard(text: str) -> None:
-        if not first:
-            first.append(time.perf_counter() - started)
-
-    [result] = engine.generate([replace(request, on_text=heard)])
-    return result, first[0] if first else result.seconds
-
-
 def conversation(engine: Engine, turns: int, params: GenerationParams
                  ) -> tuple[list[Turned], list[Turned]]:
     """Cached and uncached turns of one conversation, interleaved turn by turn."""
@@ -103,9 +89,9 @@ def conversation(engine: Engine, turns: int, params: GenerationParams
         results = []
         for cache, into in ((off, uncached), (on, cached)):
             engine.prefix_cache = cache
-            result, ttft = timed(engine, request)
+            [result] = engine.generate([request])
             into.append(Turned(result.prompt_tokens, result.prompt_tokens - result.reused_tokens,
-                               ttft, result.text))
+                               result.first_token_seconds, result.text))
             results.append(result)
         reply = extract_reply(results[0].text, persona.name, prompt.speakers) or "..."
         history.append(Turn(persona.name, reply, is_character=True))

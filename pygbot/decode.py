@@ -7,7 +7,9 @@ prompts beside a long one. This loop (after gpt-fast's `prefill` / `decode_one_t
 1. `prefill`: for each row alone, copy its cached prefix into the batch's KV buffer and run
    the model on the rest of its prompt only (no pads: a row costs its own uncached tokens);
 2. `decode`: one step for all rows at a time, as `generate` does (same logits processors,
-   stopping criteria and pad handling), so a batch still shares every step's weight reads.
+   stopping criteria and pad handling), so a batch still shares every step's weight reads;
+3. a row that finishes leaves the batch at once (`_Slots`), so the rows still generating
+   no longer pay for it, as `generate` makes them do until the longest row is done.
 
 The KV buffer is allocated once per batch at its final size (prompt width + max new tokens)
 and written in place; a `DynamicCache` would copy the whole cache at every step.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,15 +105,52 @@ class Sampler:
 @dataclass(frozen=True)
 class Decoded:
     sequences: torch.Tensor  # (B, W + steps): the padded prompts and every step's tokens
-    buffers: Sequence[KVBuffer]  # per layer; row b's prompt starts at column W - L_b
-    width: int  # W
-    lengths: torch.Tensor  # (B,) prompt tokens per row, L_b
+    # Per row, when asked for: the states of its prompt and of the reply tokens fed back
+    # (all but the last one picked), and how many reply tokens that is.
+    states: Sequence[list[LayerStates] | None]
+    fed: Sequence[int]
+    first_token_at: float  # time.perf_counter() when every row had its first new token
+
+
+class _Slots:
+    """Which rows are still generating, packed at the front of the KV buffers.
+
+    A row that finishes leaves the batch: the last live row's states move into its slot
+    (one row's copy), so the model runs on `buffers[:live]`, a view, and stops paying for
+    rows that are done (on a CPU a decode step costs about the same per row).
+    """
+
+    def __init__(self, buffers: Sequence[KVBuffer], batch: int) -> None:
+        self.buffers = buffers
+        self.rows = list(range(batch))  # slot -> row, live slots first
+
+    def retire(self, row: int, filled: int) -> None:
+        slot, last = self.rows.index(row), len(self.rows) - 1
+        if slot != last:
+            for buffer in self.buffers:
+                buffer.keys[slot, :, :filled] = buffer.keys[last, :, :filled]
+                buffer.values[slot, :, :filled] = buffer.values[last, :, :filled]
+            self.rows[slot] = self.rows[last]
+        self.rows.pop()
+
+    def cache(self, filled: int) -> Cache:
+        live = slice(0, len(self.rows))
+        return Cache(layers=[SlotLayer(buffer, live, 0, filled) for buffer in self.buffers])
+
+    def states(self, row: int, start: int, end: int) -> list[LayerStates]:
+        """Copies of `row`'s states in columns start..end, detached from the buffers."""
+        slot = self.rows.index(row)
+        return [(buffer.keys[slot:slot + 1, :, start:end].clone(),
+                 buffer.values[slot:slot + 1, :, start:end].clone())
+                for buffer in self.buffers]
 
 
 def generate(model: PreTrainedModel, rows: Sequence[Row], input_ids: torch.Tensor,
-             sampler: Sampler, stops: StoppingCriteria, *, max_new_tokens: int) -> Decoded:
+             sampler: Sampler, stops: StoppingCriteria, *, max_new_tokens: int,
+             keep_states: Sequence[bool]) -> Decoded:
     """input_ids: (B, W), each row's tokens left-padded to W. Greedy output is the same as
-    `model.generate` on the same batch (up to the rounding of a different operation order)."""
+    `model.generate` on the same batch (up to the rounding of a different operation order).
+    Rows with `keep_states` come back with their states (for the prefix cache)."""
     batch, width = input_ids.shape
     device = model.device
     buffers = [KVBuffer(batch, width + max_new_tokens)
@@ -120,18 +160,35 @@ def generate(model: PreTrainedModel, rows: Sequence[Row], input_ids: torch.Tenso
     lengths = torch.tensor([len(row.token_ids) for row in rows], device=device)  # (B,)
     columns = torch.arange(width + max_new_tokens, device=device)  # (W + max_new,)
     mask = columns[None, :] >= (width - lengths)[:, None]  # (B, W + max_new): False on pads
-    cache = Cache(layers=[SlotLayer(buffer, slice(None), 0, width) for buffer in buffers])
+    slots = _Slots(buffers, batch)
+    states: list[list[LayerStates] | None] = [None] * batch
+    fed = [0] * batch
     sequences = input_ids.to(device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
+    first_token_at = time.perf_counter()
     for step in range(max_new_tokens):
         tokens = next_tokens(sampler, sequences, logits, unfinished)  # (B,)
+        if step == 0:
+            first_token_at = time.perf_counter()
         sequences = torch.cat([sequences, tokens[:, None]], dim=1)
+        was_unfinished = unfinished.clone()
         unfinished &= ~stops(sequences, None).to(device)
-        if step == max_new_tokens - 1 or not unfinished.any():
+        last_step = step == max_new_tokens - 1 or not unfinished.any()
+        leaving = (was_unfinished & ~unfinished) | (was_unfinished & last_step)
+        filled = width + step  # columns holding states: the prompt and g_0 .. g_(step-1)
+        for row in leaving.nonzero().flatten().tolist():
+            fed[row] = step
+            if keep_states[row]:
+                states[row] = slots.states(row, width - int(lengths[row]), filled)
+            if not last_step:
+                slots.retire(row, filled)
+        if last_step:
             break
-        logits = decode_one_token(model, cache, tokens, lengths + step,
-                                  mask[:, :width + step + 1])
-    return Decoded(sequences, buffers, width, lengths)
+        live = torch.tensor(slots.rows, device=device)  # (live,)
+        live_logits = decode_one_token(model, slots.cache(filled), tokens[live],
+                                       (lengths + step)[live], mask[live, :filled + 1])
+        logits = torch.zeros_like(logits).index_copy_(0, live, live_logits)
+    return Decoded(sequences, states, fed, first_token_at)
 
 
 def prefill(model: PreTrainedModel, row: Row, buffers: Sequence[KVBuffer], index: int,
@@ -183,12 +240,3 @@ def next_tokens(sampler: Sampler, sequences: torch.Tensor, logits: torch.Tensor,
     else:
         chosen = scores.argmax(dim=-1)
     return torch.where(unfinished, chosen, sampler.pad_token_id)
-
-
-def row_states(decoded: Decoded, index: int, length: int) -> list[LayerStates]:
-    """Copies of row `index`'s states for its first `length` real tokens (prompt, then the
-    reply tokens fed back), detached from the batch's buffer so that can be freed."""
-    start = decoded.width - int(decoded.lengths[index])
-    return [(buffer.keys[index:index + 1, :, start:start + length].clone(),
-             buffer.values[index:index + 1, :, start:start + length].clone())
-            for buffer in decoded.buffers]

@@ -106,6 +106,7 @@ class GenerationResult:
     seconds: float  # wall time of the generate call this result came from
     prompt_tokens: int = 0  # tokens in the prompt
     reused_tokens: int = 0  # of those, taken from the prefix cache rather than computed
+    first_token_seconds: float = 0.0  # from the call until the batch's first tokens were picked
 
 
 class EngineLoadError(Exception):
@@ -421,14 +422,16 @@ class Engine:
         stream = TextStream([r.on_text for r in requests], self._decode)
         stops = StopOnStrings([r.stop_strings for r in requests], prompt_width, self._eos_ids,
                               self._decode, stream)
-        decoded = self._run_model(encoded, rows, params, stops)
+        keep = [self.prefix_cache.enabled and r.cache_key is not None for r in requests]
+        decoded = self._run_model(encoded, rows, params, stops, keep)
         new_ids = decoded.sequences[:, prompt_width:].cpu()  # (batch, steps)
         counts = stops.new_token_counts(new_ids.shape[1])
-        self._remember(requests, rows, decoded, counts)
+        self._remember(requests, rows, decoded, prompt_width)
         texts = [self._decode(row[:count].tolist()) for row, count in zip(new_ids, counts,
                                                                           strict=True)]
         seconds = time.perf_counter() - started
-        return [GenerationResult(text, count, seconds, len(row.token_ids), row.reused)
+        first = decoded.first_token_at - started
+        return [GenerationResult(text, count, seconds, len(row.token_ids), row.reused, first)
                 for text, count, row in zip(texts, counts, rows, strict=True)]
 
     def _row(self, request: GenerationRequest, token_ids: torch.Tensor) -> decode.Row:
@@ -438,19 +441,15 @@ class Engine:
                                                               token_ids.tolist()))
 
     def _remember(self, requests: Sequence[GenerationRequest], rows: Sequence[decode.Row],
-                  decoded: decode.Decoded, counts: Sequence[int]) -> None:
-        """Keep each keyed row's states for its prompt and the reply tokens fed back (all
-        but the last one picked), for that conversation's next turn."""
-        if not self.prefix_cache.enabled:
-            return
-        prompt_width = decoded.width
-        for index, (request, row, count) in enumerate(zip(requests, rows, counts, strict=True)):
-            if request.cache_key is None:
+                  decoded: decode.Decoded, width: int) -> None:
+        """Keep each keyed row's states for its prompt and the reply tokens fed back, for
+        that conversation's next turn."""
+        for index, (request, row) in enumerate(zip(requests, rows, strict=True)):
+            states = decoded.states[index]
+            if request.cache_key is None or states is None:
                 continue
-            fed = decoded.sequences[index, prompt_width:prompt_width + max(0, count - 1)]
-            token_ids = [*row.token_ids.tolist(), *fed.tolist()]
-            self.prefix_cache.store(request.cache_key, token_ids,
-                                    decode.row_states(decoded, index, len(token_ids)))
+            fed = decoded.sequences[index, width:width + decoded.fed[index]].tolist()
+            self.prefix_cache.store(request.cache_key, [*row.token_ids.tolist(), *fed], states)
 
     def _encode(self, requests: Sequence[GenerationRequest]) -> _Encoded:
         with self._tokenizer_lock:
@@ -483,7 +482,8 @@ class Engine:
         return mask
 
     def _run_model(self, encoded: _Encoded, rows: Sequence[decode.Row],
-                   params: GenerationParams, stops: StopOnStrings) -> decode.Decoded:
+                   params: GenerationParams, stops: StopOnStrings,
+                   keep_states: Sequence[bool]) -> decode.Decoded:
         setup = SamplingSetup(encoded.penalty_starts, encoded.structure, encoded.structure)
         processors: LogitsProcessorList = build_logits_processors(
             repetition_penalty=params.repetition_penalty, dry=dry_config(params), setup=setup)
@@ -497,7 +497,8 @@ class Engine:
             if params.seed is not None:
                 torch.manual_seed(params.seed)  # the same seed gives the same text
             return decode.generate(self._model, rows, encoded.input_ids, sampler, stops,
-                                   max_new_tokens=params.max_new_tokens)
+                                   max_new_tokens=params.max_new_tokens,
+                                   keep_states=keep_states)
 
     def _decode(self, token_ids: list[int]) -> str:
         with self._tokenizer_lock:

@@ -4,6 +4,7 @@ computed on the next turn, and least recently used conversations evicted under t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def test_a_conversation_reads_the_same_and_computes_only_the_new_tokens(
     assert [r.text for r in with_cache] == [r.text for r in without]
     assert [r.new_tokens for r in with_cache] == [r.new_tokens for r in without]
     assert with_cache[0].reused_tokens == 0 and all(r.reused_tokens == 0 for r in without)
+    assert all(0 < r.first_token_seconds <= r.seconds for r in with_cache)
     for previous, result in pairwise(with_cache):
         # At least the whole last prompt is reused; computed: at most the reply and message
         # (a random model's reply may re-tokenize differently from what it generated).
@@ -175,3 +177,25 @@ def test_a_lookup_leaves_at_least_one_token_to_compute() -> None:
     assert partial is not None and partial.length == 2
     assert cache.lookup("a", [9, 2, 3]) is None
     assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+
+
+def test_a_row_that_stops_early_leaves_the_batch_with_its_states(
+    cached: Engine, uncached: Engine,
+) -> None:
+    first = PERSONA + "You: Do you like the sea?\nAria:"
+    other = PERSONA + "You: Sing me a song.\nAria:"
+    free = uncached.generate([request(first, "x")])[0].text
+    stop = next(free[i:i + 2] for i in range(4, len(free) - 1) if free[i:i + 2].isprintable())
+    early = replace(request(first, "channel:50"), stop_strings=(stop,))
+
+    def two_turns(engine: Engine) -> list[GenerationResult]:
+        stopped, _ = engine.generate([early, request(other, "channel:51")])
+        follow_up = first + stopped.text + "\nYou: And the mountains?\nAria:"
+        return [stopped, *engine.generate([request(follow_up, "channel:50"),
+                                           request(other + " la la\nYou: more\nAria:",
+                                                   "channel:51")])]
+
+    with_cache, without = two_turns(cached), two_turns(uncached)
+    assert with_cache[0].new_tokens < PENALISED.max_new_tokens  # it did stop early
+    assert [r.text for r in with_cache] == [r.text for r in without]
+    assert with_cache[1].reused_tokens >= with_cache[0].prompt_tokens
