@@ -36,13 +36,13 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from pygbot.character_files import load_character_file  # noqa: E402
 from pygbot.engine import (  # noqa: E402
     Engine,
     GenerationParams,
     GenerationRequest,
     sampling_kwargs,
 )
-from pygbot.persona import load_persona_file  # noqa: E402
 from pygbot.prefix_cache import PrefixCache  # noqa: E402
 from pygbot.prompt import YOU, Turn, build_prompt, extract_reply  # noqa: E402
 from tests.model_factory import (  # noqa: E402
@@ -72,7 +72,7 @@ class Turned:
 def conversation(engine: Engine, turns: int, params: GenerationParams
                  ) -> tuple[list[Turned], list[Turned]]:
     """Cached and uncached turns of one conversation, interleaved turn by turn."""
-    persona = load_persona_file(ROOT / "personas" / "aria.json")
+    persona = load_character_file(ROOT / "personas" / "aria.json").persona
     lines = [line for text in training_text() for line in text.splitlines()[2:]]
     history = [Turn(YOU if line.startswith("You:") else persona.name,
                     line.partition(": ")[2], is_character=not line.startswith("You:"))
