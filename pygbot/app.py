@@ -98,7 +98,7 @@ async def load_engine(settings: Settings) -> Engine:
     try:
         folder = await asyncio.to_thread(local_folder, settings.model)
         return await asyncio.to_thread(Engine.load, folder, settings.device, settings.dtype,
-                                       settings.model)
+                                       settings.model, settings.prefix_cache_mb)
     except (HubError, EngineLoadError) as error:
         raise StartupError(str(error)) from None
 

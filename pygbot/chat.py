@@ -202,7 +202,7 @@ class ChatService:
             history = await self._conversation(channel_id, persona)
             turns = [*self._turns(history, persona),
                      *(self._turn(m.author.display_name, m.text, persona) for m in said)]
-            reply_text = await self._generate(_for_member(persona, member), turns,
+            reply_text = await self._generate(channel_id, _for_member(persona, member), turns,
                                               _character_texts(history), on_partial)
             *user_turns, turn = await self._store.add_turns(channel_id, [
                 *(NewTurn("user", m.author.display_name, m.text, m.author.id, m.message_id)
@@ -227,7 +227,7 @@ class ChatService:
             latest = history[-1]
             earlier = history[:-1]
             avoid = [*_character_texts(earlier), *latest.alternatives]
-            reply_text = await self._generate(_for_member(persona, history[-2].name),
+            reply_text = await self._generate(channel_id, _for_member(persona, history[-2].name),
                                               self._turns(earlier, persona), avoid, on_partial)
             return await self._store.add_alternative(latest.id, reply_text)
 
@@ -307,7 +307,7 @@ class ChatService:
         return Turn(YOU, text)
 
     async def _generate(
-        self, persona: Persona, turns: Sequence[Turn], recent: Sequence[str],
+        self, channel_id: int, persona: Persona, turns: Sequence[Turn], recent: Sequence[str],
         on_partial: PartialListener | None = None,
     ) -> str:
         """Sample a reply; resample one that has the character use another name and, with the
@@ -320,7 +320,7 @@ class ChatService:
         attempts = 1 if self._greedy else 1 + config.repetition_retries
         rejected = False
         for attempt in range(attempts):
-            text = await self._sample(persona, prompt, attempt, on_partial)
+            text = await self._sample(channel_id, persona, prompt, attempt, on_partial)
             if not text:
                 continue
             problem = self._problem(text, persona, recent)
@@ -346,8 +346,8 @@ class ChatService:
                 return f"repeats a recent one (similarity {score:.2f})"
         return None
 
-    async def _sample(self, persona: Persona, prompt: RenderedPrompt, attempt: int,
-                      on_partial: PartialListener | None = None) -> str:
+    async def _sample(self, channel_id: int, persona: Persona, prompt: RenderedPrompt,
+                      attempt: int, on_partial: PartialListener | None = None) -> str:
         params = self._config.params
         if attempt and params.temperature > 0:
             hotter = params.temperature + RETRY_TEMPERATURE_STEP * attempt
@@ -362,6 +362,8 @@ class ChatService:
             result = await self._worker.submit(GenerationRequest(
                 prompt.text, prompt.stop_strings, params, penalty_from,
                 dry_sequence_breakers=(*STRUCTURE_BREAKERS, *prompt.speakers),
+                # The engine keeps the channel's KV states for its next turn's prompt.
+                cache_key=f"channel:{channel_id}",
                 on_text=relay.on_text if relay else None))
         finally:
             if relay is not None:

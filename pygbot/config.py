@@ -78,6 +78,7 @@ class Settings:
     near_duplicate_threshold: float = 0.75
     queue_max: int = 32
     max_batch: int = 4
+    prefix_cache_mb: int | None = None  # None: the device's default (pygbot.engine)
     pending_max: int = 1000
     pending_max_age_s: int = 300
     shutdown_grace_s: float = 8.0
@@ -333,6 +334,10 @@ _KEYS: tuple[_Key, ...] = (
     _key("QUEUE_MAX", _number("QUEUE_MAX", int, 1, 10000),
          "Replies generated or waiting for the model at once; more channels wait their turn"),
     _key("MAX_BATCH", _number("MAX_BATCH", int, 1, 64), "Requests generated together in one batch"),
+    _key("PREFIX_CACHE_MB", _number("PREFIX_CACHE_MB", int, 0, 1_000_000),
+         "Memory (MB) for each conversation's KV cache, so the next turn computes only its new "
+         "tokens; least recently used channels leave first; 0 = off; empty = auto (CPU: 2048 "
+         "or an eighth of the RAM; GPU: a quarter of the memory free after loading, up to 8192)"),
     _key("PENDING_MAX", _number("PENDING_MAX", int, 1, 1_000_000),
          "Messages waiting for an answer before members are told it will take a while "
          "(they are still answered)"),

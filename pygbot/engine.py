@@ -3,8 +3,10 @@
 This is the only module that imports torch and transformers. Everything here is synchronous;
 the worker calls `Engine.generate` from a thread so the event loop never waits on the model.
 
-A batch is one `model.generate` call over left-padded prompts. Some pieces are ours rather than
-Hugging Face's, because the built-in versions act on the whole batch or the whole prompt:
+A batch runs `pygbot.decode`'s loop over left-padded prompts: each row's prompt is prefilled
+alone, from the KV states its conversation left in the prefix cache (`pygbot.prefix_cache`,
+keyed by `GenerationRequest.cache_key`), then all rows decode together. Some pieces are ours
+rather than Hugging Face's, because the built-in versions act on the whole batch or prompt:
 - `StopOnStrings` stops each row at its own stop strings (the next speaker's turn);
 - the penalties of `pygbot.sampling` (DRY and the windowed repetition penalty) look only at
   each row's recent conversation and never punish its turn structure.
@@ -13,6 +15,7 @@ Hugging Face's, because the built-in versions act on the whole batch or the whol
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -28,15 +31,17 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
-    StoppingCriteriaList,
 )
 
+from pygbot import decode
 from pygbot.config import DEVICES, DTYPES
+from pygbot.prefix_cache import PrefixCache
 from pygbot.sampling import (
     DryConfig,
     SamplingSetup,
     breaker_token_ids,
     build_logits_processors,
+    build_warpers,
     token_mask,
 )
 
@@ -45,6 +50,12 @@ DEFAULT_CONTEXT_TOKENS = 2048  # used when a model's config does not say (Pygmal
 STRUCTURE_MASKS_KEPT = 64  # breaker sets remembered (one per character and set of names)
 STOP_TAIL_SLACK_TOKENS = 8  # decoded beyond the longest stop string, for merges at its edges
 MAX_REASON_CHARS = 200  # an error's reason is cut here so the startup message stays one line
+# PREFIX_CACHE_MB left empty: on CPU this much (about five full 2048-token conversations of
+# a 1.3B model in bf16, at 192 KiB per token), or an eighth of the RAM if that is less; on a
+# GPU a quarter of the memory still free once the model is loaded, up to GPU_PREFIX_CACHE_MAX_MB.
+CPU_PREFIX_CACHE_MB = 2048
+GPU_PREFIX_CACHE_SHARE = 0.25
+GPU_PREFIX_CACHE_MAX_MB = 8192
 FIX_MODEL_HINT = (
     "set MODEL to a local folder that holds config.json and the weights (e.g. one made with "
     "`python bot.py --download-model --to models/pygmalion-1.3b`, or "
@@ -94,6 +105,9 @@ class GenerationResult:
     text: str  # decoded new tokens only, special tokens skipped, NOT cut at the stop string
     new_tokens: int
     seconds: float  # wall time of the generate call this result came from
+    prompt_tokens: int = 0  # tokens in the prompt
+    reused_tokens: int = 0  # of those, taken from the prefix cache rather than computed
+    first_token_seconds: float = 0.0  # from the call until the batch's first tokens were picked
 
 
 class EngineLoadError(Exception):
@@ -124,6 +138,23 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if device == "cuda":
         return "float16"
     return "bfloat16" if _cpu_has_native_bf16() else "float32"
+
+
+def resolve_prefix_cache_mb(setting: int | None, device: str) -> int:
+    """PREFIX_CACHE_MB as given, or the device's default when it was left empty."""
+    if setting is not None:
+        return setting
+    if device == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info()
+        return min(GPU_PREFIX_CACHE_MAX_MB, int(free_bytes * GPU_PREFIX_CACHE_SHARE) >> 20)
+    return min(CPU_PREFIX_CACHE_MB, _ram_mb() // 8)
+
+
+def _ram_mb() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: assume enough
+        return CPU_PREFIX_CACHE_MB * 8
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -349,10 +380,11 @@ class _Encoded:
 
 class Engine:
     def __init__(self, model_name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 device: str, dtype: str) -> None:
+                 device: str, dtype: str, *, prefix_cache_mb: int = 0) -> None:
         self.model_name = model_name
         self.device = device
         self.dtype = dtype
+        self.prefix_cache = PrefixCache(prefix_cache_mb)
         self.context_tokens: int = (getattr(model.config, "max_position_embeddings", None)
                                     or DEFAULT_CONTEXT_TOKENS)
         self._model = model
@@ -367,10 +399,11 @@ class Engine:
 
     @classmethod
     def load(cls, model: str, device: str = "auto", dtype: str = "auto",
-             name: str | None = None) -> Engine:
+             name: str | None = None, prefix_cache_mb: int | None = None) -> Engine:
         """Load a hub id or local folder; any failure is an `EngineLoadError` with a fix.
         `name` is what the model is called in status and logs (e.g. its hub id when `model`
-        is the cache folder it was downloaded to)."""
+        is the cache folder it was downloaded to). `prefix_cache_mb`: the per-conversation KV
+        cache's cap; None = the device's default, 0 = no cache (every prompt computed whole)."""
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         log.info("loading %s on %s as %s (this can take a minute)", name or model, device, dtype)
@@ -381,8 +414,11 @@ class Engine:
             language_model = _load_model(model, device, dtype)
         except (OSError, ValueError, KeyError, ImportError) as error:
             raise _load_error(model, error) from error
-        log.info("loaded %s in %.1f s", name or model, time.perf_counter() - started)
-        return cls(name or model, language_model, tokenizer, device, dtype)
+        cache_mb = resolve_prefix_cache_mb(prefix_cache_mb, device)
+        log.info("loaded %s in %.1f s; prefix cache %d MB", name or model,
+                 time.perf_counter() - started, cache_mb)
+        return cls(name or model, language_model, tokenizer, device, dtype,
+                   prefix_cache_mb=cache_mb)
 
     def count_tokens(self, text: str) -> int:
         with self._tokenizer_lock:
@@ -402,17 +438,39 @@ class Engine:
         started = time.perf_counter()
         encoded = self._encode(requests)
         prompt_width = encoded.input_ids.shape[1]
+        rows = [self._row(request, ids[mask.bool()]) for request, ids, mask
+                in zip(requests, encoded.input_ids, encoded.attention_mask, strict=True)]
         stream = TextStream([r.on_text for r in requests], self._decode)
         stops = StopOnStrings([r.stop_strings for r in requests], prompt_width, self._eos_ids,
                               self._decode, stream)
-        sequences = self._run_model(encoded, params, stops)  # (batch, prompt_width + steps)
-        new_ids = sequences[:, prompt_width:].cpu()  # (batch, steps)
+        keep = [self.prefix_cache.enabled and r.cache_key is not None for r in requests]
+        decoded = self._run_model(encoded, rows, params, stops, keep)
+        new_ids = decoded.sequences[:, prompt_width:].cpu()  # (batch, steps)
         counts = stops.new_token_counts(new_ids.shape[1])
+        self._remember(requests, rows, decoded, prompt_width)
         texts = [self._decode(row[:count].tolist()) for row, count in zip(new_ids, counts,
                                                                           strict=True)]
         seconds = time.perf_counter() - started
-        return [GenerationResult(text, count, seconds)
-                for text, count in zip(texts, counts, strict=True)]
+        first = decoded.first_token_at - started
+        return [GenerationResult(text, count, seconds, len(row.token_ids), row.reused, first)
+                for text, count, row in zip(texts, counts, rows, strict=True)]
+
+    def _row(self, request: GenerationRequest, token_ids: torch.Tensor) -> decode.Row:
+        if request.cache_key is None or not self.prefix_cache.enabled:
+            return decode.Row(token_ids)
+        return decode.Row(token_ids, self.prefix_cache.lookup(request.cache_key,
+                                                              token_ids.tolist()))
+
+    def _remember(self, requests: Sequence[GenerationRequest], rows: Sequence[decode.Row],
+                  decoded: decode.Decoded, width: int) -> None:
+        """Keep each keyed row's states for its prompt and the reply tokens fed back, for
+        that conversation's next turn."""
+        for index, (request, row) in enumerate(zip(requests, rows, strict=True)):
+            states = decoded.states[index]
+            if request.cache_key is None or states is None:
+                continue
+            fed = decoded.sequences[index, width:width + decoded.fed[index]].tolist()
+            self.prefix_cache.store(request.cache_key, [*row.token_ids.tolist(), *fed], states)
 
     def _encode(self, requests: Sequence[GenerationRequest]) -> _Encoded:
         with self._tokenizer_lock:
@@ -444,25 +502,24 @@ class Engine:
             self._structure_masks[breakers] = mask
         return mask
 
-    def _run_model(self, encoded: _Encoded, params: GenerationParams,
-                   stops: StopOnStrings) -> torch.Tensor:
+    def _run_model(self, encoded: _Encoded, rows: Sequence[decode.Row],
+                   params: GenerationParams, stops: StopOnStrings,
+                   keep_states: Sequence[bool]) -> decode.Decoded:
         setup = SamplingSetup(encoded.penalty_starts, encoded.structure, encoded.structure)
         processors: LogitsProcessorList = build_logits_processors(
             repetition_penalty=params.repetition_penalty, dry=dry_config(params), setup=setup)
+        do_sample = params.temperature > 0
+        if do_sample:  # after the penalties, in generate()'s order
+            processors.extend(build_warpers(temperature=params.temperature, top_p=params.top_p,
+                                            top_k=params.top_k, min_p=params.min_p))
         self._warn_if_over_context(encoded.input_ids.shape[1] + params.max_new_tokens)
+        sampler = decode.Sampler(processors, do_sample, int(self._tokenizer.pad_token_id))
         with torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)  # the same seed gives the same text
-            return self._model.generate(  # type: ignore[operator]
-                input_ids=encoded.input_ids.to(self._model.device),
-                attention_mask=encoded.attention_mask.to(self._model.device),
-                max_new_tokens=params.max_new_tokens,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([stops]),
-                pad_token_id=self._tokenizer.pad_token_id,
-                eos_token_id=sorted(self._eos_ids),
-                **sampling_kwargs(params),
-            )
+            return decode.generate(self._model, rows, encoded.input_ids, sampler, stops,
+                                   max_new_tokens=params.max_new_tokens,
+                                   keep_states=keep_states)
 
     def _decode(self, token_ids: list[int]) -> str:
         with self._tokenizer_lock:

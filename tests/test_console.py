@@ -39,9 +39,10 @@ def test_console_chats_with_piped_input_and_exits_zero(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Aria: *the intercom chimes softly*")
-    answers = lines[1:]
-    assert len(answers) == 2  # one per non-blank message
-    assert all(line.startswith("Aria: ") or "try again" in line for line in answers)
+    # One answer per non-blank message; the random model's reply may run over several lines.
+    answers = [line for line in lines[1:] if line.startswith("Aria: ") or "try again" in line]
+    assert len(answers) == 2
+    assert lines[1] in answers
 
 
 def test_console_memory_is_the_same_sqlite_file_across_runs(

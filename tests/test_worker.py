@@ -153,3 +153,27 @@ async def test_concurrent_batches_are_in_flight_side_by_side() -> None:
         results = await asyncio.gather(*replies)
     assert [r.text for r in results] == [f"re: p{i}" for i in range(4)]
     assert engine.most == 3
+
+
+class BatchRecorder(ScriptedEngine):
+    """A scripted engine that remembers the size of every batch it was given."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.batches: list[int] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        self.batches.append(len(requests))
+        return super().generate(requests)
+
+
+async def test_a_burst_arriving_milliseconds_apart_is_one_batch(tiny_engine: Engine) -> None:
+    engine = BatchRecorder([], tiny_engine.count_tokens)
+    async with Worker(engine, max_batch=8) as worker:
+        submissions = []
+        for i in range(4):
+            submissions.append(asyncio.ensure_future(worker.submit(request(f"burst {i}"))))
+            await asyncio.sleep(0.002)  # each channel reads its history before it submits
+        await asyncio.gather(*submissions)
+    assert engine.batches == [4]
+

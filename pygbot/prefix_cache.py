@@ -1,0 +1,108 @@
+"""Per-conversation KV prefix cache: the keys and values a channel's last prompt left behind.
+
+In a chat, turn N's prompt is turn N-1's prompt plus the reply and the new message (the
+prompt module keeps it so, see `HISTORY_CHUNK_SHARE`). Keeping each conversation's token ids
+and KV states after its reply lets the next turn reuse the longest common token prefix and
+compute only the rest. Entries are kept least-recently-used first out, under a byte cap.
+
+Tensors are only stored and sliced here, never computed: the engine fills and reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+BYTES_PER_MB = 1024 * 1024
+
+# Per model layer: keys and values, each (1, heads, tokens, head_dim).
+LayerStates = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    length: int  # tokens of the new prompt whose states are in `layers`
+    layers: Sequence[LayerStates]  # may hold more tokens than `length`; use [..., :length, :]
+
+
+@dataclass
+class _Entry:
+    token_ids: list[int]
+    layers: Sequence[LayerStates]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PrefixCacheStats:
+    entries: int
+    nbytes: int
+    lookups: int
+    hits: int
+    reused_tokens: int
+
+
+class PrefixCache:
+    """Conversations' token ids and KV states, least recently used evicted past `capacity_mb`.
+
+    Not thread-safe: the engine uses it from the one thread that generates.
+    """
+
+    def __init__(self, capacity_mb: int) -> None:
+        self.capacity_bytes = max(0, capacity_mb) * BYTES_PER_MB
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._nbytes = 0
+        self._lookups = self._hits = self._reused = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity_bytes > 0
+
+    def lookup(self, key: str, token_ids: Sequence[int]) -> CachedPrefix | None:
+        """The cached states of the longest common prefix of `token_ids` and what `key` last
+        held; at least the last token is left to compute (its logits start the reply)."""
+        self._lookups += 1
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        length = min(common_prefix_length(entry.token_ids, token_ids), len(token_ids) - 1)
+        if length <= 0:
+            return None
+        self._hits += 1
+        self._reused += length
+        return CachedPrefix(length, entry.layers)
+
+    def store(self, key: str, token_ids: Sequence[int], layers: Sequence[LayerStates]) -> None:
+        """Remember `layers` (the states of exactly `token_ids`) as `key`'s, replacing what
+        it held; evict the least recently used until the cache fits its cap."""
+        self.discard(key)
+        nbytes = sum(k.nbytes + v.nbytes for k, v in layers)
+        if not token_ids or nbytes > self.capacity_bytes:
+            return
+        self._entries[key] = _Entry(list(token_ids), layers, nbytes)
+        self._nbytes += nbytes
+        while self._nbytes > self.capacity_bytes:
+            evicted, entry = self._entries.popitem(last=False)
+            self._nbytes -= entry.nbytes
+            log.debug("prefix cache: evicted %s (%d tokens)", evicted, len(entry.token_ids))
+
+    def discard(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._nbytes -= entry.nbytes
+
+    def stats(self) -> PrefixCacheStats:
+        return PrefixCacheStats(len(self._entries), self._nbytes, self._lookups, self._hits,
+                                self._reused)
+
+
+def common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
+    for index, (a, b) in enumerate(zip(first, second, strict=False)):
+        if a != b:
+            return index
+    return min(len(first), len(second))
