@@ -144,7 +144,8 @@ async def test_a_reply_rejected_on_every_try_leaves_only_the_notice(
 async def test_a_failed_final_edit_is_retried_on_the_same_message(
     server: Server, db_path: Path, scripted_bot: ScriptedEngine,
 ) -> None:
-    scripted_bot.script(" Hello there, traveller. Nice night for it, is it not?")
+    said = "Hello there, traveller. Nice night for it, is it not?"
+    scripted_bot.script(" " + said)
     held = scripted_bot.pause_after("is it")
     await server.discord.send_message(server.roleplay, server.member, server.mention("hi"))
     early = await shows(server, lambda content: content.endswith(STREAMING_MARK))
@@ -152,7 +153,7 @@ async def test_a_failed_final_edit_is_retried_on_the_same_message(
     held.set()
     final = await shows(server, lambda content: not content.endswith(STREAMING_MARK))
     stored = await stored_reply(db_path, server.roleplay.id)
-    assert final["content"] == stored.text == "Hello there, traveller. Nice night for it, is it not?"
+    assert final["content"] == stored.text == said
 
     async def recorded() -> bool:
         return (await stored_reply(db_path, server.roleplay.id)).message_id is not None
