@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pygbot.chat import ChatConfig, ChatService
 from pygbot.config import ConfigError, Settings, check_combinations
-from pygbot.engine import Engine, EngineLoadError
+from pygbot.engine import Engine, EngineLoadError, configure_cpu_threads
 from pygbot.engine_errors import EngineUnavailableError
 from pygbot.library import NoPersonasError, PersonaLibrary, UnknownPersonaError
 from pygbot.remote import RemoteConfig, RemoteEngine
@@ -81,6 +81,7 @@ async def _open_engine(settings: Settings) -> AsyncIterator[Engine | RemoteEngin
         async with _open_remote_engine(settings) as remote:
             yield remote
         return
+    log.info("CPU math on %d thread(s)", configure_cpu_threads(settings.cpu_threads))
     try:
         engine = await asyncio.to_thread(Engine.load, settings.model, settings.device,
                                          settings.dtype)
