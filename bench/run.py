@@ -94,12 +94,13 @@ class Plan:
     reply_tokens: int  # MAX_NEW_TOKENS for the bot and conversation runs
     batch_tokens: int  # new tokens per request in the batching runs
     batch_prompt_tokens: tuple[int, int]  # shortest and longest prompt in the batching runs
+    context_tokens: int = Settings().context_tokens  # CONTEXT_TOKENS of the conversation
     conversation_turns: int = CONVERSATION_TURNS
     bot_turns: int = BOT_TURNS
 
 
-QUICK = Plan(layers=QUICK_LAYERS, reply_tokens=24, batch_tokens=8,
-             batch_prompt_tokens=(100, 400))
+QUICK = Plan(layers=QUICK_LAYERS, reply_tokens=16, batch_tokens=8,
+             batch_prompt_tokens=(100, 400), context_tokens=768, bot_turns=2)
 FULL = Plan(layers=PYTHIA_1_3B_SHAPE.layers, reply_tokens=96, batch_tokens=32,
             batch_prompt_tokens=(500, 1900))
 
@@ -183,6 +184,8 @@ class BotTurn:
     posted: float | None = None
     notice: bool = False
     calls: list[Call] = field(default_factory=list)
+    raw_seconds: float = 0.0  # raw `generate` redoing this turn's generations
+    new_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -220,8 +223,13 @@ async def bot_path(engine: Engine, reply_tokens: int, turns: int) -> BotRun:
                     before = len(recorder.calls)
                     turn = await mention(server, text)
                     turn.calls = recorder.calls[before:]
+                    # Right away, so both see the same load from other processes.
+                    turn.raw_seconds, turn.new_tokens = await asyncio.to_thread(
+                        raw_replay, engine, turn)
                     timed.append(turn)
-    return BotRun(tuple(timed), *raw_replay(engine, timed))
+    replies = [t for t in timed if not t.notice and t.posted is not None]
+    return BotRun(tuple(timed), sum(t.posted - t.sent for t in replies if t.posted),
+                  sum(t.raw_seconds for t in replies), sum(t.new_tokens for t in replies))
 
 
 async def mention(server: Server, text: str) -> BotTurn:
@@ -248,22 +256,18 @@ async def mention(server: Server, text: str) -> BotTurn:
     return turn
 
 
-def raw_replay(engine: Engine, turns: Sequence[BotTurn]) -> tuple[float, float, int]:
-    """(bot seconds, raw seconds, new tokens) over the turns that ended in a reply: raw
-    `generate` redoes every generation of theirs, resamples included."""
-    bot = raw = 0.0
+def raw_replay(engine: Engine, turn: BotTurn) -> tuple[float, int]:
+    """(seconds, new tokens) of raw `generate` redoing every generation of the turn,
+    resamples included."""
+    seconds = 0.0
     tokens = 0
-    for turn in turns:
-        if turn.notice or turn.posted is None:
-            continue
-        bot += turn.posted - turn.sent
-        for call in turn.calls:
-            for request, result in zip(call.requests, call.results, strict=True):
-                if result.new_tokens:
-                    raw += raw_generate(engine, [request.prompt], result.new_tokens,
+    for call in turn.calls:
+        for request, result in zip(call.requests, call.results, strict=True):
+            if result.new_tokens:
+                seconds += raw_generate(engine, [request.prompt], result.new_tokens,
                                         request.params)
-                    tokens += result.new_tokens
-    return bot, raw, tokens
+                tokens += result.new_tokens
+    return seconds, tokens
 
 
 # --- 2. a long conversation, with and without the prefix cache -----------------------------------
@@ -275,12 +279,12 @@ class ConversationTurn:
     computed_tokens: int
 
 
-async def conversation(engine: Engine, reply_tokens: int, turns: int,
-                       personas: Path) -> list[ConversationTurn]:
+async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[ConversationTurn]:
     """`turns` replies in one channel through the chat service; per turn, the first attempt's
     time to first token and prefill tokens."""
     recorder = Recorder(engine)
-    settings = Settings(max_new_tokens=reply_tokens)
+    settings = Settings(max_new_tokens=plan.reply_tokens, context_tokens=plan.context_tokens)
+    turns = plan.conversation_turns
     measured = []
     with tempfile.TemporaryDirectory(prefix="pygbot-bench-db-") as folder:
         async with await Store.open(Path(folder) / "bench.sqlite3") as store, \
@@ -290,7 +294,8 @@ async def conversation(engine: Engine, reply_tokens: int, turns: int,
                                ChatConfig.from_settings(settings, engine.context_tokens),
                                seed=SEED)
             await chat.start_conversation(1, 1)
-            for text in user_messages(turns):
+            for number, text in enumerate(user_messages(turns), start=1):
+                log.info("conversation turn %d of %d", number, turns)
                 before = len(recorder.calls)
                 try:
                     await chat.reply(1, 1, Author(1, "Sam"), text, on_partial=lambda _: None)
@@ -416,10 +421,10 @@ def print_overhead(label: str, run: BotRun) -> None:
 
 
 def print_conversation(off: list[ConversationTurn], on: list[ConversationTurn],
-                       cache_on_main: bool) -> None:
-    print(f"\n[2] {len(off)}-turn conversation, PREFIX_CACHE_MB=0 vs "
-          f"{PREFIX_CACHE_ON_MB}" + ("" if cache_on_main else
-                                     " (no prefix cache in this pygbot: 'on' runs without)"))
+                       cache_on_main: bool, plan: Plan) -> None:
+    print(f"\n[2] {len(off)}-turn conversation, CONTEXT_TOKENS={plan.context_tokens}, "
+          f"PREFIX_CACHE_MB=0 vs {PREFIX_CACHE_ON_MB}"
+          + ("" if cache_on_main else " (no prefix cache in this pygbot: 'on' runs without)"))
     print(f"    {'turn':>4} {'prompt':>7} {'ttft off':>9} {'ttft on':>8} {'computed off':>13}"
           f" {'computed on':>12}")
     for turn in REPORTED_TURNS:
@@ -457,6 +462,7 @@ def main() -> None:
         sys.exit(gpu.main())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave through `with`: temp dirs go
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # progress, on stderr
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pygbot-bench-") as folder:
@@ -482,11 +488,9 @@ def run(plan: Plan, folder: Path) -> str:
 
     cached = prefix_cached(pythia, PREFIX_CACHE_ON_MB)
     uncached = prefix_cached(pythia, 0) or pythia
-    off = asyncio.run(conversation(uncached, plan.reply_tokens, plan.conversation_turns,
-                                   personas))
-    on = asyncio.run(conversation(cached or pythia, plan.reply_tokens,
-                                  plan.conversation_turns, personas))
-    print_conversation(off, on, cached is not None)
+    off = asyncio.run(conversation(uncached, plan, personas))
+    on = asyncio.run(conversation(cached or pythia, plan, personas))
+    print_conversation(off, on, cached is not None, plan)
 
     rows = batching(uncached, plan)
     print_batching(rows)

@@ -4,7 +4,9 @@ The engine calls `GenerationRequest.on_text` from the thread that generates, onc
 listeners (the console, the Discord cog) live on the event loop. `TextRelay` crosses over
 with `loop.call_soon_threadsafe` and coalesces: however many steps the thread produced since
 the loop last looked, the loop handles only the newest text, so a slow loop never falls
-behind a fast model.
+behind a fast model. It also wakes the loop at most every `RELAY_INTERVAL_S`: working out the
+visible text is Python on the loop, and doing it after every step of a fast model took the
+interpreter lock from the generating thread often enough to slow generation down.
 
 `ThrottledShow` is the other end for a listener that must not show every change (a Discord
 message may be edited only so often): it shows the newest text at most once per interval,
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 PartialListener = Callable[[str], None]  # called on the event loop with the text to show
+RELAY_INTERVAL_S = 0.2  # sentences arrive far slower than this; listeners never notice
 
 
 class TextRelay:
@@ -41,6 +44,7 @@ class TextRelay:
         self._pending: str | None = None  # newest text the loop has not handled yet
         self._shown = ""
         self._closed = False
+        self._last_delivery = float("-inf")  # loop time
 
     def on_text(self, generated: str) -> None:
         """Engine side: remember the newest text; wake the loop if it is not already due."""
@@ -48,12 +52,24 @@ class TextRelay:
             scheduled = self._pending is not None
             self._pending = generated
         if not scheduled and not self._closed and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._deliver)
+            self._loop.call_soon_threadsafe(self._deliver_in_time)
 
     def close(self) -> None:
+        """The attempt is over (call on the loop): its newest text is delivered now, if it
+        was still waiting, and nothing after."""
+        if not self._closed:
+            self._deliver()
         self._closed = True
 
+    def _deliver_in_time(self) -> None:
+        wait = self._last_delivery + RELAY_INTERVAL_S - self._loop.time()
+        if wait > 0:
+            self._loop.call_later(wait, self._deliver)
+        else:
+            self._deliver()
+
     def _deliver(self) -> None:
+        self._last_delivery = self._loop.time()
         with self._lock:
             generated, self._pending = self._pending, None
         if self._closed or generated is None:
