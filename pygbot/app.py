@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pygbot.chat import ChatConfig, ChatService
 from pygbot.config import ConfigError, Settings, check_combinations
-from pygbot.engine import Engine, EngineLoadError
+from pygbot.engine import Engine, EngineLoadError, configure_cpu_threads
 from pygbot.engine_errors import EngineUnavailableError
 from pygbot.hub import HubError, local_folder
 from pygbot.library import NoPersonasError, PersonaLibrary, UnknownPersonaError
@@ -95,6 +95,7 @@ async def _open_engine(settings: Settings) -> AsyncIterator[Engine | RemoteEngin
 
 async def load_engine(settings: Settings) -> Engine:
     """MODEL as a local folder (from the Hub if need be), then the model on its device."""
+    log.info("CPU math on %d thread(s)", configure_cpu_threads(settings.cpu_threads))
     try:
         folder = await asyncio.to_thread(local_folder, settings.model)
         return await asyncio.to_thread(Engine.load, folder, settings.device, settings.dtype,

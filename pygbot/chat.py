@@ -237,8 +237,12 @@ class ChatService:
     async def is_character_message(self, message_id: int) -> bool:
         """Whether `message_id` shows one of the character's turns (a reply-to-bot check that
         works even when Discord did not send the referenced message)."""
-        turn = await self._store.turn_by_message(message_id)
+        turn = await self.shown_turn(message_id)
         return turn is not None and turn.role == "character"
+
+    async def shown_turn(self, message_id: int) -> StoredTurn | None:
+        """The turn that Discord message `message_id` shows, if any."""
+        return await self._store.turn_by_message(message_id)
 
     async def latest_reply(self, channel_id: int) -> StoredTurn | None:
         """The character's newest turn if it has buttons: a reply to a member, or a

@@ -58,7 +58,8 @@ class PygBot(commands.Bot):
         # One policy for every path that can make the character talk: mentions, buttons,
         # greetings after a command.
         self.access = AccessPolicy(services.store, services.settings.allow_dms)
-        self.poster = DiscordPoster(self, services.chat, self.access)
+        self.poster = DiscordPoster(self, services.chat, self.access,
+                                    streaming=services.settings.stream_replies)
         self.intake = Intake(services.store, services.chat, self.poster,
                              IntakeConfig.from_settings(services.settings),
                              owns_guild=guild_owner(services.settings))
@@ -69,11 +70,13 @@ class PygBot(commands.Bot):
         access = self.access
         limiter = MemberRateLimiter(settings.rate_limit_burst, settings.rate_limit_per_minute)
         await self.add_cog(ChatCog(self, services.chat, access, intake=self.intake,
-                                   limiter=limiter, max_age_s=settings.pending_max_age_s))
+                                   limiter=limiter, max_age_s=settings.pending_max_age_s,
+                                   streaming=settings.stream_replies))
         await self.add_cog(PersonaCog(services.chat, access))
         await self.add_cog(AdminCog(services.chat, services.store, services.worker, access,
                                     engine_lines(services.engine)))
-        self.add_view(ReplyControls(services.chat, access))  # buttons on replies from earlier runs
+        # buttons on replies from earlier runs
+        self.add_view(ReplyControls(services.chat, access, streaming=settings.stream_replies))
         await self._sync_commands()
 
     async def close(self) -> None:

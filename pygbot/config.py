@@ -59,6 +59,7 @@ class Settings:
     model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
+    cpu_threads: int = 0
     db_path: Path = Path("data/pygbot.sqlite3")
     personas_dir: Path = Path("personas")
     default_persona: str = "Aria"
@@ -299,6 +300,9 @@ _KEYS: tuple[_Key, ...] = (
     _key("DEVICE", _choice("DEVICE", DEVICES), "auto, cuda or cpu"),
     _key("DTYPE", _choice("DTYPE", DTYPES),
          "auto = float16 on GPU, bfloat16 on CPUs that support it, else float32"),
+    _key("CPU_THREADS", _number("CPU_THREADS", int, 0, 1024),
+         "Threads for the model's CPU math; 0 = the CPUs this process may use (a container's "
+         "CPU limit included)"),
     _Key("DB_PATH", "db_path", lambda raw: Path(raw.strip()),
          "SQLite file for memory and settings"),
     _Key("PERSONAS_DIR", "personas_dir", lambda raw: Path(raw.strip()),

@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping
 
 DISCORD_MESSAGE_LIMIT = 2000  # characters in one message's content
+STREAM_EDIT_INTERVAL_S = 1.0  # a streamed reply's edits; Discord allows ~5 per 5 s per channel
+STREAMING_MARK = " ▌"  # ends a reply still being written; a stored (stripped) text never does
 _BREAKS = ("\n\n", "\n", ". ", "! ", "? ", "… ", "; ", ", ", " ")
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
@@ -27,6 +29,19 @@ def split_message(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
     if rest:
         pieces.append(rest)
     return pieces
+
+
+def in_progress(text: str) -> str:
+    """A reply still being generated as message content: its first message's worth and the
+    cursor that says more is coming."""
+    pieces = split_message(text, DISCORD_MESSAGE_LIMIT - len(STREAMING_MARK))
+    return (pieces[0] if pieces else "") + STREAMING_MARK
+
+
+def is_unfinished(content: str) -> bool:
+    """Whether a message of the bot's shows a reply that was still being generated (and
+    never became a finished one: a crash, or a lost connection)."""
+    return content.endswith(STREAMING_MARK)
 
 
 def _best_cut(text: str, limit: int) -> int:

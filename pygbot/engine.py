@@ -15,6 +15,7 @@ rather than Hugging Face's, because the built-in versions act on the whole batch
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -56,6 +57,7 @@ MAX_REASON_CHARS = 200  # an error's reason is cut here so the startup message s
 CPU_PREFIX_CACHE_MB = 2048
 GPU_PREFIX_CACHE_SHARE = 0.25
 GPU_PREFIX_CACHE_MAX_MB = 8192
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 FIX_MODEL_HINT = (
     "set MODEL to a local folder that holds config.json and the weights (e.g. one made with "
     "`python bot.py --download-model --to models/pygmalion-1.3b`, or "
@@ -157,6 +159,36 @@ def _ram_mb() -> int:
         return CPU_PREFIX_CACHE_MB * 8
 
 
+def configure_cpu_threads(setting: int, cpu_limit_file: Path = CGROUP_CPU_MAX) -> int:
+    """Have torch use `setting` threads for CPU math, or with 0 the CPUs this process may run
+    on: its affinity mask, capped by a cgroup CPU quota. torch alone counts the host's cores, so
+    a container limited to 2 CPUs on a 64-core host would start 64 threads fighting over 2.
+    Returns the count."""
+    threads = setting or usable_cpus(cpu_limit_file)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def usable_cpus(cpu_limit_file: Path = CGROUP_CPU_MAX) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cpu_limit_file)
+    return cpus if limit is None else max(1, min(cpus, math.ceil(limit)))
+
+
+def cgroup_cpu_limit(cpu_limit_file: Path = CGROUP_CPU_MAX) -> float | None:
+    """CPUs' worth of time the cgroup (v2) may use, e.g. 2.0 for `docker --cpus=2`; None when
+    unlimited or unknown."""
+    try:
+        quota, period = cpu_limit_file.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
 def _cpu_has_native_bf16() -> bool:
     # Without AVX512-BF16 or AMX, bf16 matmuls are emulated and slower than float32. The probes
     # are private torch helpers, so a torch without them counts as "no".
@@ -209,12 +241,17 @@ def _load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+ATTENTION = "sdpa"  # torch's fused attention: flash / memory-efficient kernels on a GPU
+
+
 def _load_model(model: str, device: str, dtype: str) -> PreTrainedModel:
     if device == "cuda":
         # accelerate places the layers (and spills to CPU when the GPU is too small).
         return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype),
+                                                    attn_implementation=ATTENTION,
                                                     device_map="auto")
-    return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype),
+                                                attn_implementation=ATTENTION).eval()
 
 
 def save_dense_from_gguf(gguf: Path, folder: Path) -> None:

@@ -10,6 +10,8 @@ channel's replies can never overtake each other, while different channels run si
 - Storing a reply marks its messages 'answered' in the same transaction; posting it marks
   them 'done'. A reply that cannot be posted stays stored and is posted on a later try.
 - Every failure ends in a short notice to the member, never in silence.
+- A reply may be shown while it is generated (`Poster.stream`); posting it finishes what is
+  shown, and a reply that fails or is withdrawn has what was shown taken back.
 - After a restart the open messages younger than `max_age_s` are answered once; older ones
   get a notice. The Discord edge adds the messages it finds in channel history (catch-up).
 
@@ -33,6 +35,7 @@ from pygbot.config import Settings
 from pygbot.engine_errors import EngineUnavailableError
 from pygbot.sharding import every_guild
 from pygbot.store import IntakeMessage, Store, StoredTurn, StoreError
+from pygbot.streaming import PartialListener
 from pygbot.worker import WorkerClosedError
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ MISSED_NOTICE = ("Sorry, I was away and missed this. Mention me again if you'd s
 # these pauses; after the last one it waits for the next start.
 POST_RETRY_DELAYS_S = (2.0, 10.0, 30.0)
 LANE_RETRY_S = 5.0  # a lane that failed unexpectedly (e.g. database gone) starts again after this
+RETRACT_TIMEOUT_S = 5.0  # taking back a streamed reply while shutting down waits no longer
 SECONDS_PER_DAY = 86400.0
 
 
@@ -67,10 +71,19 @@ class Poster(Protocol):
 
     async def greeting(self, channel_id: int, turn: StoredTurn) -> None: ...
 
+    def stream(self, channel_id: int, answering: int) -> PartialListener | None:
+        """A listener that shows the reply to `answering` while it is generated, or None
+        when replies are not streamed."""
+        ...
+
+    async def retract(self, channel_id: int) -> None:
+        """Take back what `stream` showed: that reply will not be posted."""
+        ...
+
     async def reply(self, channel_id: int, answering: int, turn: StoredTurn,
                     previous: StoredTurn | None) -> int | None:
-        """Post `turn` as the answer to message `answering`; the posted message's id, or
-        None when it could not be posted."""
+        """Post `turn` as the answer to message `answering` (finishing what `stream` showed
+        of it); the posted message's id, or None when it could not be posted."""
         ...
 
     async def notice(self, channel_id: int, answering: int, text: str) -> None: ...
@@ -254,25 +267,39 @@ class Intake:
         said = [Said(Author(m.author_id, m.author_name), m.text, m.message_id) for m in fresh]
         ids = frozenset(m.message_id for m in fresh)
         async with self._slots, self._poster.typing(channel_id):
-            made = asyncio.create_task(self._chat.answer(channel_id, latest.guild_id, said))
+            on_partial = self._poster.stream(channel_id, latest.message_id)
+            made = asyncio.create_task(self._chat.answer(channel_id, latest.guild_id, said,
+                                                         on_partial=on_partial))
             self._in_flight[channel_id] = (ids, made)
             try:
                 await asyncio.wait({made})
             except asyncio.CancelledError:  # shutting down: the messages stay pending
                 made.cancel()
+                await self._retract_soon(channel_id)
                 raise
             finally:
                 self._in_flight.pop(channel_id, None)
         if made.cancelled():
             log.info("channel %s: reply withdrawn, its messages were deleted", channel_id)
+            await self._poster.retract(channel_id)
             return
         error = made.exception()
         if error is not None:
+            await self._poster.retract(channel_id)
             await self._fail(channel_id, fresh, error)
             return
         reply = made.result()
         await self._forget_withdrawn(fresh)
         await self._post(channel_id, latest.message_id, reply.turn, previous)
+
+    async def _retract_soon(self, channel_id: int) -> None:
+        """Take back a streamed reply while stopping, within a bound (a restart's catch-up
+        removes one left behind)."""
+        try:
+            await asyncio.wait_for(self._poster.retract(channel_id), RETRACT_TIMEOUT_S)
+        except Exception as error:
+            log.warning("channel %s: could not take back the reply in progress: %s",
+                        channel_id, error)
 
     async def _post_stored(self, channel_id: int, turn_id: int,
                            answered: list[IntakeMessage]) -> bool:

@@ -24,6 +24,7 @@ SEED = 1234  # fixed so every build of the tiny model is the same model
 PYTHIA_1_3B_VOCAB_SIZE = 50304  # embedding rows in pythia-1.3b (padded past the tokenizer's size)
 CONTEXT_TOKENS = 2048  # max_position_embeddings of pythia / Pygmalion 1.3B
 ROTARY_SHARE = 0.25  # pythia's rotary_pct: rotary embeddings on a quarter of each head's dims
+SPELLED_LOGIT_STD = 2.0  # a readable model's logits for ids its tokenizer can spell
 
 
 
@@ -106,25 +107,29 @@ def build_tiny_model(directory: Path) -> Path:
 
 
 def build_pythia_shaped_model(directory: Path, dtype: str = "bfloat16",
-                              layers: int = PYTHIA_1_3B_SHAPE.layers) -> Path:
-    """Save a random model with pythia-1.3b's shape (about 2.6 GB in bf16) into `directory`;
-    with fewer `layers`, the same width (each layer costs 1/24 of the time) for quick runs.
+                              layers: int = PYTHIA_1_3B_SHAPE.layers,
+                              readable: bool = False) -> Path:
+    """Save a random model with pythia-1.3b's shape (about 2.6 GB in bf16) into `directory`.
 
     The tokenizer is the tiny one: its ids are all below pythia's 50304 embedding rows, so the
     model reads every token; it only ever *emits* ids the tokenizer can decode if it happens to
-    pick them, which is fine for timing.
+    pick them, which is fine for timing. `readable` tilts the output layer towards those ids
+    (same shape, same cost), so sampled replies are text with sentences and line breaks rather
+    than mostly nothing: what the chat, the repetition guard and streaming need to see.
+    `layers` below 24 keeps every other dimension (for quick benches).
     """
     tokenizer = train_tokenizer()
     if len(tokenizer) > PYTHIA_1_3B_VOCAB_SIZE:
         raise ValueError(f"tokenizer has {len(tokenizer)} ids, more than the model's vocabulary")
-    _save(directory, tokenizer, replace(PYTHIA_1_3B_SHAPE, layers=layers),
-          vocab_size=PYTHIA_1_3B_VOCAB_SIZE,
-          dtype=getattr(torch, dtype))
+    shape = replace(PYTHIA_1_3B_SHAPE, layers=layers)
+    spelled = len(tokenizer) if readable else None
+    _save(directory, tokenizer, shape, vocab_size=PYTHIA_1_3B_VOCAB_SIZE,
+          dtype=getattr(torch, dtype), spelled=spelled)
     return directory
 
 
-def _save(directory: Path, tokenizer: PreTrainedTokenizerFast, shape: Shape, vocab_size: int,
-          dtype: torch.dtype) -> None:
+def _save(directory: Path, tokenizer: PreTrainedTokenizerFast, shape: Shape, *,
+          vocab_size: int, dtype: torch.dtype, spelled: int | None = None) -> None:
     end = tokenizer.get_vocab()[END_OF_TEXT]
     # pythia's own config.json key; transformers 5 maps it to rope_parameters, 4.x reads it as is.
     rotary: dict[str, Any] = {"rotary_pct": ROTARY_SHARE}
@@ -141,7 +146,23 @@ def _save(directory: Path, tokenizer: PreTrainedTokenizerFast, shape: Shape, voc
         model = GPTNeoXForCausalLM(config).eval()
     finally:
         torch.set_default_dtype(previous)
+    if spelled is not None:
+        _favour_ids_below(model, spelled)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     log.info("built a %d-layer GPT-NeoX (%s) in %s", config.num_hidden_layers, dtype, directory)
+
+
+def _favour_ids_below(model: GPTNeoXForCausalLM, count: int) -> None:
+    """Make the first `count` ids the likely ones: the other output rows give a logit of 0,
+    these a spread of about SPELLED_LOGIT_STD around it, so sampling with min_p picks among
+    them (the final layer norm hands the head unit-variance features)."""
+    head = model.get_output_embeddings()
+    assert isinstance(head, torch.nn.Linear)
+    with torch.no_grad():
+        weight = head.weight  # (vocab, hidden)
+        rows = weight[:count].float()
+        target_std = SPELLED_LOGIT_STD / weight.shape[1] ** 0.5
+        weight[:count] = (rows / rows.std() * target_std).to(weight.dtype)
+        weight[count:] = 0

@@ -4,8 +4,9 @@ The cog only decides whether a message is for the character and hands it to the 
 intake (pygbot.intake), which answers it once, in channel order, and posts through
 `DiscordPoster`. On every fresh gateway session (start-up, or a session Discord would not
 resume) it catches up: it reads the recent history of the channels it converses in and
-hands over the messages it never saw. It also keeps memory in step with Discord: an edited
-message updates its turn, a deleted one is forgotten or, if not answered yet, withdrawn.
+hands over the messages it never saw, and tidies up replies a crash left half-streamed. It
+also keeps memory in step with Discord: an edited message updates its turn, a deleted one is
+forgotten or, if not answered yet, withdrawn.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from discord.ext import commands
 
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
-from pygbot.discord_text import render_mentions
+from pygbot.cogs.reply_view import ReplyControls, shown
+from pygbot.discord_text import is_unfinished, render_mentions
 from pygbot.intake import BACKLOG_NOTICE, DATABASE_FAILED_NOTICE, Admission, Intake
 from pygbot.ratelimit import MemberRateLimiter
 from pygbot.store import IntakeMessage, StoreError
@@ -36,13 +38,15 @@ RATE_LIMITED_NOTICE = ("You're writing faster than I can read, so I'll skip your
 
 class ChatCog(commands.Cog):
     def __init__(self, bot: commands.Bot, chat: ChatService, access: AccessPolicy, *,
-                 intake: Intake, limiter: MemberRateLimiter, max_age_s: float) -> None:
+                 intake: Intake, limiter: MemberRateLimiter, max_age_s: float,
+                 streaming: bool) -> None:
         self.bot = bot
         self.chat = chat
         self.access = access
         self.intake = intake
         self.limiter = limiter
         self.max_age_s = max_age_s
+        self.streaming = streaming
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -114,12 +118,33 @@ class ChatCog(commands.Cog):
         async for message in channel.history(limit=CATCH_UP_MESSAGES, after=after,
                                              oldest_first=True):
             if me is not None and message.author.id == me.id:
+                if is_unfinished(message.content):
+                    await self._tidy_unfinished(message)
+                    continue
                 reference = message.reference
                 if reference is not None and reference.message_id is not None:
                     await self.intake.reply_seen(reference.message_id, message.id)
             elif not message.author.bot and await self._addressed_to_me(message):
                 found += await self._take(message, live=False) is Admission.ACCEPTED
         return found
+
+    async def _tidy_unfinished(self, message: discord.Message) -> None:
+        """A reply whose streaming a crash cut short: a new one (its messages are answered
+        again, or its stored reply posted) is deleted; a regeneration of a stored reply shows
+        that reply again."""
+        try:
+            turn = await self.chat.shown_turn(message.id)
+            if turn is None:
+                await message.delete()
+                log.info("deleted unfinished reply %s in channel %s", message.id,
+                         message.channel.id)
+                return
+            latest = await self.chat.latest_reply(turn.channel_id)
+            controls = (ReplyControls(self.chat, self.access, turn, streaming=self.streaming)
+                        if latest is not None and latest.id == turn.id else None)
+            await message.edit(content=shown(turn.text), view=controls)
+        except discord.HTTPException as error:
+            log.warning("could not tidy unfinished reply %s: %s", message.id, error)
 
     # --- internals ------------------------------------------------------------------------------
 

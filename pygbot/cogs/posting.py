@@ -1,9 +1,13 @@
 """Posting to Discord: the one place the character's replies, greetings and notices leave.
 
-`DiscordPoster` is what the intake posts through (`pygbot.intake.Poster`). Later ways of
-showing a reply (streaming edits, webhooks) extend `send_reply` and keep the contract: post
-the turn as the answer to a message and return the posted message's id, or None when
-Discord would not take it (the intake then keeps the reply stored and tries again later).
+`DiscordPoster` is what the intake posts through (`pygbot.intake.Poster`). Every way of
+showing a reply keeps the contract: post the turn as the answer to a message and return the
+posted message's id, or None when Discord would not take it (the intake then keeps the reply
+stored and tries again later).
+
+With streaming on, the reply is already on screen when it is stored (`stream` hands the chat
+a listener that drives a `LiveReply`): posting it then means finishing that message, on
+every try, so a retried reply never appears twice.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import discord
 
 from pygbot.chat import ChatService
 from pygbot.cogs.access import AccessPolicy
+from pygbot.cogs.live_reply import STREAM_EDIT_INTERVAL_S, LiveReply
 from pygbot.cogs.reply_view import ReplyControls, post_greeting
 from pygbot.discord_text import split_message
 from pygbot.store import StoredTurn
+from pygbot.streaming import PartialListener
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +34,15 @@ class DiscordPoster:
     # discord.py already waits out 429s and retries 500/502/504 itself; a reply that still
     # fails (503, an outage) is tried again after these pauses before the intake takes over.
     retry_delays_s: tuple[float, ...] = (1.0, 3.0)
+    stream_interval_s: float = STREAM_EDIT_INTERVAL_S
 
-    def __init__(self, bot: discord.Client, chat: ChatService, access: AccessPolicy) -> None:
+    def __init__(self, bot: discord.Client, chat: ChatService, access: AccessPolicy, *,
+                 streaming: bool) -> None:
         self._bot = bot
         self._chat = chat
         self._access = access
+        self._streaming = streaming
+        self._live: dict[int, LiveReply] = {}  # channel id -> its reply on screen, unfinished
 
     def channel(self, channel_id: int) -> discord.abc.Messageable:
         """The channel from the cache, or a partial one that can still post (DMs, threads
@@ -58,23 +68,52 @@ class DiscordPoster:
         except discord.HTTPException as error:  # the greeting stays in memory regardless
             log.warning("could not post the greeting in channel %s: %s", channel_id, error)
 
+    def stream(self, channel_id: int, answering: int) -> PartialListener | None:
+        """A listener that shows the reply to `answering` while it is generated (None when
+        STREAM_REPLIES is off); `reply` or `retract` ends it."""
+        if not self._streaming:
+            return None
+        live = LiveReply(self.channel(channel_id), channel_id, answering, self.stream_interval_s)
+        self._live[channel_id] = live
+        return live.show
+
+    async def retract(self, channel_id: int) -> None:
+        """Delete the reply in progress shown in the channel, if any: it will not be posted."""
+        live = self._live.pop(channel_id, None)
+        if live is not None:
+            await live.discard()
+
     async def reply(self, channel_id: int, answering: int, turn: StoredTurn,
                     previous: StoredTurn | None) -> int | None:
-        """Post `turn` as the answer to message `answering`, retrying server errors."""
+        """Post `turn` as the answer to message `answering` (finishing the message that
+        streamed it, if there is one), retrying server errors."""
         channel = self.channel(channel_id)
+        live = self._live.get(channel_id)
+        if live is not None and live.answering != answering:
+            await self.retract(channel_id)  # cannot happen while lanes are serial; be safe
+            live = None
         for pause in (*self.retry_delays_s, None):
             try:
-                posted = await send_reply(channel, answering, turn,
-                                          ReplyControls(self._chat, self._access, turn))
+                posted = await self._show_reply(channel, live, answering, turn)
             except discord.HTTPException as error:
                 log.warning("could not post the reply in channel %s: %s", channel_id, error)
                 if pause is None or not _worth_retrying(error):
                     return None
                 await asyncio.sleep(pause)
                 continue
+            self._live.pop(channel_id, None)
             await ReplyControls.retire(channel, previous)
             return posted
         return None
+
+    async def _show_reply(self, channel: discord.abc.Messageable, live: LiveReply | None,
+                          answering: int, turn: StoredTurn) -> int:
+        controls = ReplyControls(self._chat, self._access, turn, streaming=self._streaming)
+        if live is not None:
+            finished = await live.finish(turn, controls)
+            if finished is not None:
+                return finished
+        return await send_reply(channel, answering, turn, controls)
 
     async def notice(self, channel_id: int, answering: int, text: str) -> None:
         """A short plain message to the member, as a reply to their message."""

@@ -5,6 +5,10 @@ so they keep working after a restart: every click finds its turn by the message 
 Only the character's newest reply carries live buttons; older ones are retired.
 A click is held to the same rule as a mention: in a channel where the character may no
 longer talk (no longer age-restricted, or all-channels switched off) it is refused.
+
+With streaming on, 🔄 shows the new alternative growing in the same message (without buttons,
+with the streaming cursor) and ends with it as stored; if no alternative comes, the message
+shows the reply it showed before.
 """
 
 from __future__ import annotations
@@ -15,8 +19,14 @@ import discord
 
 from pygbot.chat import ChatService, EmptyReplyError, NothingToRegenerateError
 from pygbot.cogs.access import Access, AccessPolicy
-from pygbot.discord_text import DISCORD_MESSAGE_LIMIT, split_message
+from pygbot.discord_text import (
+    DISCORD_MESSAGE_LIMIT,
+    STREAM_EDIT_INTERVAL_S,
+    in_progress,
+    split_message,
+)
 from pygbot.store import StoredTurn
+from pygbot.streaming import ThrottledShow
 from pygbot.worker import QueueFullError, WorkerClosedError
 
 log = logging.getLogger(__name__)
@@ -29,11 +39,15 @@ NOT_NEWEST = "Only the character's newest reply can be rerolled or browsed."
 
 
 class ReplyControls(discord.ui.View):
+    stream_interval_s: float = STREAM_EDIT_INTERVAL_S
+
     def __init__(self, chat: ChatService, access: AccessPolicy,
-                 turn: StoredTurn | None = None, *, greeting: bool = False) -> None:
+                 turn: StoredTurn | None = None, *, streaming: bool,
+                 greeting: bool = False) -> None:
         super().__init__(timeout=None)
         self.chat = chat
         self.access = access
+        self.streaming = streaming
         # A greeting's alternatives are the card's alternate greetings; none is generated.
         self.regenerate.disabled = greeting
         if turn is not None:
@@ -53,21 +67,47 @@ class ReplyControls(discord.ui.View):
 
     @discord.ui.button(emoji="🔄", style=discord.ButtonStyle.primary, custom_id=REGENERATE_ID)
     async def regenerate(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
-        if await self._newest_turn(interaction) is None:
+        current = await self._newest_turn(interaction)
+        if current is None:
             return
         await interaction.response.defer()
         channel = interaction.channel
         guild_id = interaction.guild_id or 0
+        live = self._live_edits(interaction)
         try:
             assert isinstance(channel, discord.abc.Messageable)
             async with channel.typing():
-                turn = await self.chat.regenerate(interaction.channel_id or 0, guild_id)
+                turn = await self.chat.regenerate(interaction.channel_id or 0, guild_id,
+                                                  on_partial=live.push if live else None)
         except (EmptyReplyError, NothingToRegenerateError, QueueFullError,
                 WorkerClosedError) as error:
+            if live is not None:  # what streamed is no alternative: show the reply as before
+                await live.close()
+                await self._show(interaction, current)
             await interaction.followup.send(f"Could not regenerate: {error}.", ephemeral=True)
             return
+        if live is not None:
+            await live.close()
+        await self._show(interaction, turn)
+
+    def _live_edits(self, interaction: discord.Interaction) -> ThrottledShow | None:
+        """The clicked message, edited as the new alternative grows (None: not streamed)."""
+        if not self.streaming:
+            return None
+
+        async def show(text: str) -> None:
+            await interaction.edit_original_response(content=in_progress(text), view=None)
+
+        return ThrottledShow(show, self.stream_interval_s)
+
+    async def _show(self, interaction: discord.Interaction, turn: StoredTurn) -> None:
         await interaction.edit_original_response(content=shown(turn.text),
-                                                 view=ReplyControls(self.chat, self.access, turn))
+                                                 view=self.for_turn(turn))
+
+    def for_turn(self, turn: StoredTurn, *, greeting: bool = False) -> ReplyControls:
+        """The buttons for `turn`, with this view's access policy and streaming choice."""
+        return ReplyControls(self.chat, self.access, turn, streaming=self.streaming,
+                             greeting=greeting)
 
     @discord.ui.button(emoji="▶", style=discord.ButtonStyle.secondary, custom_id=NEXT_ID)
     async def next(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
@@ -82,8 +122,7 @@ class ReplyControls(discord.ui.View):
             await interaction.response.defer()
             return
         chosen = await self.chat.choose_alternative(turn.id, index)
-        view = ReplyControls(self.chat, self.access, chosen,
-                             greeting=await self.chat.is_greeting(chosen))
+        view = self.for_turn(chosen, greeting=await self.chat.is_greeting(chosen))
         await interaction.response.edit_message(content=shown(chosen.text), view=view)
 
     async def _newest_turn(self, interaction: discord.Interaction) -> StoredTurn | None:
@@ -137,8 +176,9 @@ async def post_greeting(channel: discord.abc.Messageable, greeting: StoredTurn |
     sent: discord.Message | None = None
     for index, piece in enumerate(pieces):
         swipeable = index == len(pieces) - 1 and len(greeting.alternatives) > 1
-        view = ReplyControls(chat, access, greeting, greeting=True) if swipeable \
-            else discord.utils.MISSING
+        # Greetings are never regenerated, so nothing of theirs streams.
+        view = ReplyControls(chat, access, greeting, streaming=False, greeting=True) \
+            if swipeable else discord.utils.MISSING
         sent = await channel.send(piece, view=view)
     assert sent is not None  # a stored greeting is never empty
     await chat.attach_message(greeting.id, sent.id)

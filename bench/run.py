@@ -1,0 +1,513 @@
+"""What a member waits for, measured side by side in one run: pygbot's own cost over raw
+`model.generate`, the per-channel prefix cache, batching, and streaming.
+
+    python bench/run.py --quick   # under 15 minutes on 2 CPU cores (a 4-layer pythia shape)
+    python bench/run.py           # pythia-1.3b's full 24 layers on this CPU (long)
+    python bench/run.py --gpu     # on an NVIDIA GPU, fp16 (see bench/gpu.py)
+
+Sections, each a table:
+1. overhead: the full bot path (a member's mention on the loopback Discord emulator -> the
+   reply posted, through intake, chat, prompt, worker, engine, SQLite and discord.py) against
+   raw `model.generate` on the very prompts the bot built, with the same sampling and the same
+   number of new tokens.
+4. streaming, on the same path: when the first text of a reply is visible against when the
+   whole reply is, on SmolLM2-135M-Instruct (bench/smollm2.py): a trained model, so replies
+   have real sentences and end at the next speaker as Pygmalion's do.
+2. prefix cache: one 30-turn conversation through the chat service with PREFIX_CACHE_MB on
+   and 0, time to first token and prompt tokens actually computed at turns 1, 10 and 30 (the
+   prompt budget is full from about turn 20).
+3. batching: 1, 4, 8 and 16 channels asking at once, one at a time vs the batching worker vs
+   one raw padded `model.generate` batch, in generated tokens per second.
+
+Models: the tiny test model (overhead only: what pygbot adds in milliseconds) and a GPT-NeoX
+with pythia-1.3b's shape (random weights; `--quick` keeps fewer layers and says so) in the
+dtype the bot picks on this CPU (DTYPE=auto: bfloat16 where the CPU has native bf16 math,
+else float32; printed). Random weights write noise; the bench model's output layer is tilted
+towards the ids its small tokenizer can spell, so replies are text, not undecodable ids.
+
+The last line is `RESULT overhead=<bot/raw> batch16_vs_sequential=<x>
+batch16_vs_raw_batch=<x> prefix_ttft_ratio=<cached/uncached>
+prefix_prefill_fraction=<computed/prompt> first_text_ratio=<first visible/full reply>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the repo, on the path
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench import smollm2  # noqa: E402
+from pygbot.chat import Author, ChatConfig, ChatService, EmptyReplyError  # noqa: E402
+from pygbot.config import Settings  # noqa: E402
+from pygbot.discord_text import STREAMING_MARK  # noqa: E402
+from pygbot.engine import (  # noqa: E402
+    Engine,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    sampling_kwargs,
+)
+from pygbot.library import PersonaLibrary  # noqa: E402
+from pygbot.store import Store  # noqa: E402
+from pygbot.worker import Worker  # noqa: E402
+from tests.discord_emulator import DiscordEmulator  # noqa: E402
+from tests.discord_harness import Server, bot_settings, bot_with_engine, build_server  # noqa: E402
+from tests.model_factory import (  # noqa: E402
+    PYTHIA_1_3B_SHAPE,
+    build_pythia_shaped_model,
+    build_tiny_model,
+    training_text,
+)
+
+log = logging.getLogger("bench.run")
+
+QUICK_LAYERS = 2  # of pythia-1.3b's 24: same width, vocabulary and attention, 1/12 the depth
+CHANNELS = (1, 4, 8, 16)
+REPORTED_TURNS = (1, 10, 30)
+CONVERSATION_TURNS = 30
+PREFIX_CACHE_ON_MB = 1024  # one channel's full 2048-token cache is ~400 MB at 24 layers
+BOT_TURNS = 3  # timed mentions per model on the emulator (after one warm-up)
+SEED = 7
+REPLY_WAIT_S = 1800.0  # a reply on a slow CPU may take minutes; never forever
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each part of the run is."""
+
+    layers: int
+    reply_tokens: int  # MAX_NEW_TOKENS for the bot and conversation runs
+    batch_tokens: int  # new tokens per request in the batching runs
+    batch_prompt_tokens: tuple[int, int]  # shortest and longest prompt in the batching runs
+    context_tokens: int = Settings().context_tokens  # CONTEXT_TOKENS of the conversation
+    conversation_turns: int = CONVERSATION_TURNS
+    bot_turns: int = BOT_TURNS
+
+
+QUICK = Plan(layers=QUICK_LAYERS, reply_tokens=16, batch_tokens=8,
+             batch_prompt_tokens=(100, 400), context_tokens=768, bot_turns=2)
+FULL = Plan(layers=PYTHIA_1_3B_SHAPE.layers, reply_tokens=96, batch_tokens=32,
+            batch_prompt_tokens=(500, 1900))
+
+
+# --- recording what the engine did ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Call:
+    """One `generate` call the bot made: its requests, results and times."""
+
+    requests: tuple[GenerationRequest, ...]
+    results: tuple[GenerationResult, ...]
+    started: float
+    first_text: tuple[float | None, ...]  # per request: when its first text was heard
+
+
+class Recorder:
+    """The engine as the worker sees it, noting every call (everything else passes through)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.calls: list[Call] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        started = time.perf_counter()
+        heard: list[float | None] = [None] * len(requests)
+        timed = [replace(request, on_text=_first_heard(request.on_text, heard, index))
+                 for index, request in enumerate(requests)]
+        results = self.engine.generate(timed)
+        self.calls.append(Call(tuple(requests), tuple(results), started, tuple(heard)))
+        return results
+
+
+def _first_heard(listener: Callable[[str], None] | None, heard: list[float | None],
+                 index: int) -> Callable[[str], None] | None:
+    if listener is None:
+        return None
+
+    def on_text(text: str) -> None:
+        if heard[index] is None:
+            heard[index] = time.perf_counter()
+        listener(text)
+
+    return on_text
+
+
+def computed_tokens(engine: Engine, request: GenerationRequest,
+                    result: GenerationResult) -> tuple[int, int]:
+    """(prompt tokens, of those computed rather than taken from the prefix cache)."""
+    prompt = getattr(result, "prompt_tokens", 0) or engine.count_tokens(request.prompt)
+    return prompt, prompt - getattr(result, "reused_tokens", 0)
+
+
+# --- raw transformers, the yardstick -------------------------------------------------------------
+
+def raw_generate(engine: Engine, prompts: Sequence[str], new_tokens: int,
+                 params: GenerationParams) -> float:
+    """Seconds for one plain `model.generate` over `prompts` (left-padded), forced to make
+    exactly `new_tokens` tokens each, with the same sampling knobs and nothing of pygbot's."""
+    model, tokenizer = engine._model, engine._tokenizer  # the very objects the engine runs
+    batch = tokenizer(list(prompts), padding=True, return_tensors="pt").to(model.device)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**batch, max_new_tokens=new_tokens,  # type: ignore[operator]
+                       min_new_tokens=new_tokens,
+                       pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(params))
+    return time.perf_counter() - started
+
+
+# --- 1. the bot path on the emulator -------------------------------------------------------------
+
+@dataclass
+class BotTurn:
+    sent: float
+    first_visible: float | None = None
+    posted: float | None = None
+    notice: bool = False
+    calls: list[Call] = field(default_factory=list)
+    raw_seconds: float = 0.0  # raw `generate` redoing this turn's generations
+    new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class BotRun:
+    turns: tuple[BotTurn, ...]
+    bot_seconds: float
+    raw_seconds: float
+    new_tokens: int
+
+    @property
+    def overhead(self) -> float:
+        return self.bot_seconds / self.raw_seconds
+
+    @property
+    def first_text_ratio(self) -> float:
+        shown = [t for t in self.turns if t.first_visible is not None and t.posted is not None]
+        if not shown:
+            return float("nan")
+        return (sum(t.first_visible - t.sent for t in shown if t.first_visible)
+                / sum(t.posted - t.sent for t in shown if t.posted))
+
+
+async def bot_path(engine: Engine, reply_tokens: int, turns: int) -> BotRun:
+    recorder = Recorder(engine)
+    messages = user_messages(turns + 1)
+    with tempfile.TemporaryDirectory(prefix="pygbot-bench-db-") as folder:
+        async with DiscordEmulator() as discord:
+            server = build_server(discord)
+            settings = bot_settings(server, Path(folder) / "bench.sqlite3",
+                                    max_new_tokens=reply_tokens, stream_replies=True)
+            async with bot_with_engine(server, settings, recorder, seed=SEED):
+                await mention(server, messages[0])  # warm-up: greeting, caches, allocator
+                timed = []
+                for text in messages[1:]:
+                    before = len(recorder.calls)
+                    turn = await mention(server, text)
+                    turn.calls = recorder.calls[before:]
+                    # Right away, so both see the same load from other processes.
+                    turn.raw_seconds, turn.new_tokens = await asyncio.to_thread(
+                        raw_replay, engine, turn)
+                    timed.append(turn)
+    replies = [t for t in timed if not t.notice and t.posted is not None]
+    return BotRun(tuple(timed), sum(t.posted - t.sent for t in replies if t.posted),
+                  sum(t.raw_seconds for t in replies), sum(t.new_tokens for t in replies))
+
+
+async def mention(server: Server, text: str) -> BotTurn:
+    """A member mentions the bot; until its reply is posted, whole (or a notice)."""
+    discord = server.discord
+    turn = BotTurn(time.perf_counter())
+    asked = await discord.send_message(server.roleplay, server.member, server.mention(text))
+
+    def answered() -> bool:
+        now = time.perf_counter()
+        for message in discord.messages(server.roleplay):
+            reference = message.get("message_reference") or {}
+            if message["author_id"] != server.bot.id or reference.get("message_id") != asked["id"]:
+                continue
+            if turn.first_visible is None:
+                turn.first_visible = now
+            if not message["content"].endswith(STREAMING_MARK):
+                turn.posted = now
+                turn.notice = not message.get("components")  # a reply carries its buttons
+                return True
+        return False
+
+    await discord.wait_for(answered, timeout=REPLY_WAIT_S)
+    return turn
+
+
+def raw_replay(engine: Engine, turn: BotTurn) -> tuple[float, int]:
+    """(seconds, new tokens) of raw `generate` redoing every generation of the turn,
+    resamples included."""
+    seconds = 0.0
+    tokens = 0
+    for call in turn.calls:
+        for request, result in zip(call.requests, call.results, strict=True):
+            if result.new_tokens:
+                seconds += raw_generate(engine, [request.prompt], result.new_tokens,
+                                        request.params)
+                tokens += result.new_tokens
+    return seconds, tokens
+
+
+# --- 2. a long conversation, with and without the prefix cache -----------------------------------
+
+@dataclass(frozen=True)
+class ConversationTurn:
+    ttft_s: float
+    prompt_tokens: int
+    computed_tokens: int
+
+
+async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[ConversationTurn]:
+    """`turns` replies in one channel through the chat service; per turn, the first attempt's
+    time to first token and prefill tokens."""
+    recorder = Recorder(engine)
+    settings = Settings(max_new_tokens=plan.reply_tokens, context_tokens=plan.context_tokens)
+    turns = plan.conversation_turns
+    measured = []
+    with tempfile.TemporaryDirectory(prefix="pygbot-bench-db-") as folder:
+        async with await Store.open(Path(folder) / "bench.sqlite3") as store, \
+                Worker(recorder, settings.queue_max, settings.max_batch) as worker:
+            library = PersonaLibrary.from_dir(store, personas, settings.default_persona)
+            chat = ChatService(store, worker, library, engine.count_tokens,
+                               ChatConfig.from_settings(settings, engine.context_tokens),
+                               seed=SEED)
+            await chat.start_conversation(1, 1)
+            for number, text in enumerate(user_messages(turns), start=1):
+                log.info("conversation turn %d of %d", number, turns)
+                before = len(recorder.calls)
+                try:
+                    await chat.reply(1, 1, Author(1, "Sam"), text, on_partial=lambda _: None)
+                except EmptyReplyError:
+                    log.info("an empty reply; the conversation goes on")
+                call = recorder.calls[before]
+                first = call.first_text[0]
+                prompt, computed = computed_tokens(engine, call.requests[0], call.results[0])
+                measured.append(ConversationTurn(
+                    (first if first is not None else time.perf_counter()) - call.started,
+                    prompt, computed))
+    return measured
+
+
+def prefix_cached(engine: Engine, megabytes: int) -> Engine | None:
+    """The same loaded model behind an engine whose prefix cache holds `megabytes`; None while
+    this pygbot has no prefix cache."""
+    if "prefix_cache_mb" not in inspect.signature(Engine).parameters:
+        return None
+    return Engine(engine.model_name, engine._model, engine._tokenizer,  # type: ignore[call-arg]
+                  engine.device, engine.dtype, prefix_cache_mb=megabytes)
+
+
+# --- 3. many channels at once --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchRow:
+    channels: int
+    sequential_tps: float
+    worker_tps: float
+    raw_tps: float
+
+
+def batching(engine: Engine, plan: Plan) -> list[BatchRow]:
+    requests = channel_requests(engine, max(CHANNELS), plan)
+    engine.generate(requests[:2])  # warm-up
+    alone = [_timed(engine, request) for request in requests]
+    rows = []
+    for channels in CHANNELS:
+        asked = requests[:channels]
+        seq_seconds = sum(seconds for seconds, _ in alone[:channels])
+        seq_tokens = sum(result[0].new_tokens for _, result in alone[:channels])
+        worker_seconds, results = asyncio.run(_through_worker(engine, asked))
+        worker_tokens = sum(result.new_tokens for result in results)
+        raw_seconds = raw_generate(engine, [r.prompt for r in asked], plan.batch_tokens,
+                                   asked[0].params)
+        rows.append(BatchRow(channels, seq_tokens / seq_seconds, worker_tokens / worker_seconds,
+                             channels * plan.batch_tokens / raw_seconds))
+    return rows
+
+
+def _timed(engine: Engine, request: GenerationRequest) -> tuple[float, list[GenerationResult]]:
+    started = time.perf_counter()
+    results = engine.generate([request])
+    return time.perf_counter() - started, results
+
+
+async def _through_worker(engine: Engine, requests: Sequence[GenerationRequest]
+                          ) -> tuple[float, list[GenerationResult]]:
+    """All requests submitted at once, as channels asking together do."""
+    async with Worker(engine, queue_max=len(requests), max_batch=len(requests)) as worker:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(worker.submit(r) for r in requests))
+        return time.perf_counter() - started, list(results)
+
+
+def channel_requests(engine: Engine, count: int, plan: Plan) -> list[GenerationRequest]:
+    """One chat prompt per channel, lengths spread evenly over the plan's range, with the
+    bot's default sampling; each makes `plan.batch_tokens` tokens (stops never cut it)."""
+    shortest, longest = plan.batch_prompt_tokens
+    defaults = ChatConfig.from_settings(Settings()).params
+    params = replace(defaults, max_new_tokens=plan.batch_tokens, seed=SEED)
+    requests = []
+    for index in range(count):
+        tokens = shortest + (longest - shortest) * index // max(count - 1, 1)
+        requests.append(GenerationRequest(chat_prompt(engine, tokens, index), (), params))
+    return requests
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+def chat_prompt(engine: Engine, tokens: int, variant: int) -> str:
+    """A Pygmalion-format prompt of about `tokens` tokens, ending on the character's turn."""
+    conversations = training_text()
+    persona, _, dialogue = conversations[variant % len(conversations)].partition("<START>\n")
+    lines = dialogue.splitlines()
+    lines = lines[variant % len(lines):] + lines[:variant % len(lines)]
+    body = ""
+    while engine.count_tokens(persona + body) < tokens:
+        body += lines[len(body.splitlines()) % len(lines)] + "\n"
+    name = persona.split("'s Persona")[0]
+    return f"{persona}<START>\n{body}You: channel {variant}, what now?\n{name}:"
+
+
+def user_messages(count: int) -> list[str]:
+    """Chatty member messages (two or three sentences each, ~40 tokens) that differ."""
+    said = [line.removeprefix("You: ") for line in training_text()[0].splitlines()
+            if line.startswith("You: ")]
+    return [f"{said[i % len(said)]} {said[(i * 7 + 3) % len(said)]} And tell me, turn {i}?"
+            for i in range(count)]
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def print_streaming(label: str, run: BotRun) -> None:
+    replies = [t for t in run.turns if not t.notice and t.posted is not None]
+    print(f"\n[4] streaming on {label}, {len(replies)} replies")
+    for index, turn in enumerate(replies, start=1):
+        assert turn.first_visible is not None and turn.posted is not None
+        print(f"    reply {index}: first text visible after {turn.first_visible - turn.sent:.2f} s,"
+              f" whole reply after {turn.posted - turn.sent:.2f} s")
+    print(f"    first visible / whole reply {run.first_text_ratio:.3f}")
+
+
+def print_overhead(label: str, run: BotRun) -> None:
+    replies = [t for t in run.turns if not t.notice and t.posted is not None]
+    print(f"\n[1] {label}: bot path vs raw generate, {len(replies)} replies "
+          f"({len(run.turns) - len(replies)} notices), {run.new_tokens} new tokens")
+    print(f"    bot path (mention -> reply posted) {run.bot_seconds:8.2f} s")
+    print(f"    raw model.generate, same prompts   {run.raw_seconds:8.2f} s")
+    per_reply_ms = (run.bot_seconds - run.raw_seconds) / max(len(replies), 1) * 1000
+    print(f"    overhead {run.overhead:.3f}x  ({per_reply_ms:+.0f} ms per reply)")
+
+
+def print_conversation(off: list[ConversationTurn], on: list[ConversationTurn],
+                       cache_on_main: bool, plan: Plan) -> None:
+    print(f"\n[2] {len(off)}-turn conversation, CONTEXT_TOKENS={plan.context_tokens}, "
+          f"PREFIX_CACHE_MB=0 vs {PREFIX_CACHE_ON_MB}"
+          + ("" if cache_on_main else " (no prefix cache in this pygbot: 'on' runs without)"))
+    print(f"    {'turn':>4} {'prompt':>7} {'ttft off':>9} {'ttft on':>8} {'computed off':>13}"
+          f" {'computed on':>12}")
+    for turn in REPORTED_TURNS:
+        if turn > len(off):
+            continue
+        a, b = off[turn - 1], on[turn - 1]
+        print(f"    {turn:>4} {b.prompt_tokens:>7} {a.ttft_s:>8.2f}s {b.ttft_s:>7.2f}s "
+              f"{a.computed_tokens:>13} {b.computed_tokens:>12}")
+
+
+def print_batching(rows: Sequence[BatchRow]) -> None:
+    print("\n[3] channels asking at once, generated tokens/s")
+    print(f"    {'channels':>8} {'one at a time':>14} {'worker':>8} {'raw batch':>10}"
+          f" {'worker/seq':>11} {'worker/raw':>11}")
+    for row in rows:
+        print(f"    {row.channels:>8} {row.sequential_tps:>14.1f} {row.worker_tps:>8.1f} "
+              f"{row.raw_tps:>10.1f} {row.worker_tps / row.sequential_tps:>10.2f}x "
+              f"{row.worker_tps / row.raw_tps:>10.2f}x")
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_LAYERS} of the 24 layers, shorter prompts and replies")
+    parser.add_argument("--gpu", action="store_true", help="the GPU run (bench/gpu.py)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.gpu:
+        from bench import gpu  # noqa: PLC0415 (its own CUDA-only world)
+        sys.exit(gpu.main())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave through `with`: temp dirs go
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # progress, on stderr
+    plan = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pygbot-bench-") as folder:
+        results = run(plan, Path(folder))
+    print(f"\n(whole run {time.perf_counter() - started:.0f} s)")
+    print(results)
+
+
+def run(plan: Plan, folder: Path) -> str:
+    personas = ROOT / "personas"
+    tiny = Engine.load(str(build_tiny_model(folder / "tiny")), "cpu", "float32")
+    pythia_dir = build_pythia_shaped_model(folder / "pythia", layers=plan.layers, readable=True)
+    pythia = Engine.load(str(pythia_dir), "cpu", "auto")
+    print(f"pythia-1.3b shape (random weights): {plan.layers} of 24 layers"
+          + (" (--quick)" if plan.layers < PYTHIA_1_3B_SHAPE.layers else "")
+          + f", {pythia.device}/{pythia.dtype}, {torch.get_num_threads()} threads; "
+          f"replies up to {plan.reply_tokens} tokens")
+
+    print_overhead("tiny test model", asyncio.run(bot_path(tiny, plan.reply_tokens,
+                                                             plan.bot_turns)))
+    bot = asyncio.run(bot_path(pythia, plan.reply_tokens, plan.bot_turns))
+    print_overhead("pythia shape", bot)
+
+    cached = prefix_cached(pythia, PREFIX_CACHE_ON_MB)
+    uncached = prefix_cached(pythia, 0) or pythia
+    off = asyncio.run(conversation(uncached, plan, personas))
+    on = asyncio.run(conversation(cached or pythia, plan, personas))
+    print_conversation(off, on, cached is not None, plan)
+
+    rows = batching(uncached, plan)
+    print_batching(rows)
+
+    smol = Engine.load(str(smollm2.model_folder()), "cpu", "auto")
+    streamed = asyncio.run(bot_path(smol, Settings().max_new_tokens, plan.bot_turns))
+    print_streaming("SmolLM2-135M-Instruct", streamed)
+
+    sixteen = rows[-1]
+    ttft_ratio = sum(t.ttft_s for t in on) / sum(t.ttft_s for t in off)
+    prefill_fraction = sum(t.computed_tokens for t in on) / sum(t.prompt_tokens for t in on)
+    return (f"RESULT overhead={bot.overhead:.3f} "
+            f"batch16_vs_sequential={sixteen.worker_tps / sixteen.sequential_tps:.2f} "
+            f"batch16_vs_raw_batch={sixteen.worker_tps / sixteen.raw_tps:.2f} "
+            f"prefix_ttft_ratio={ttft_ratio:.3f} prefix_prefill_fraction={prefill_fraction:.3f} "
+            f"first_text_ratio={streamed.first_text_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
