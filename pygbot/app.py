@@ -17,9 +17,11 @@ from pygbot.config import ConfigError, Settings, check_combinations
 from pygbot.engine import Engine, EngineLoadError, configure_cpu_threads
 from pygbot.engine_errors import EngineUnavailableError
 from pygbot.hub import HubError, local_folder
+from pygbot.intake import keep_settled_s
 from pygbot.library import NoPersonasError, PersonaLibrary, UnknownPersonaError
 from pygbot.remote import RemoteConfig, RemoteEngine
 from pygbot.remote_api import unsupported_settings
+from pygbot.retention import Retention, RetentionPolicy
 from pygbot.startup import StartupError
 from pygbot.store import Store, StoreError
 from pygbot.tokenizer import TokenCounter, TokenizerLoadError
@@ -56,7 +58,9 @@ async def open_services(
     except (StoreError, OSError) as error:
         raise StartupError(
             f"cannot open the database DB_PATH={settings.db_path}: {error}") from None
-    async with store:
+    retention = Retention(store, RetentionPolicy.from_settings(
+        settings, keep_settled_s(settings.pending_max_age_s)))
+    async with store, retention:
         try:
             library = PersonaLibrary.from_dir(store, settings.personas_dir,
                                               settings.default_persona)

@@ -20,6 +20,7 @@ from pygbot.cogs.admin import AdminCog, EngineLines, ModelInfo
 from pygbot.cogs.chat import ChatCog
 from pygbot.cogs.persona import PersonaCog
 from pygbot.cogs.posting import DiscordPoster
+from pygbot.cogs.privacy import PrivacyCog
 from pygbot.cogs.reply_view import ReplyControls
 from pygbot.config import Settings
 from pygbot.engine import Engine
@@ -73,6 +74,7 @@ class PygBot(commands.Bot):
                                    limiter=limiter, max_age_s=settings.pending_max_age_s,
                                    streaming=settings.stream_replies))
         await self.add_cog(PersonaCog(services.chat, access))
+        await self.add_cog(PrivacyCog(services.store))
         await self.add_cog(AdminCog(services.chat, services.store, services.worker, access,
                                     engine_lines(services.engine)))
         # buttons on replies from earlier runs

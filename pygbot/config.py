@@ -85,6 +85,8 @@ class Settings:
     shutdown_grace_s: float = 8.0
     rate_limit_burst: int = 5
     rate_limit_per_minute: int = 10
+    history_max_turns: int = 2000
+    history_max_days: int = 0
     speaker_labels: str = "you"
     stream_replies: bool = True
     allow_dms: bool = False
@@ -354,6 +356,11 @@ _KEYS: tuple[_Key, ...] = (
          "Messages a member may send at once before being rate-limited"),
     _key("RATE_LIMIT_PER_MINUTE", _number("RATE_LIMIT_PER_MINUTE", int, 1, 6000),
          "Sustained messages per minute a member may send"),
+    _key("HISTORY_MAX_TURNS", _number("HISTORY_MAX_TURNS", int, 10, 10_000_000),
+         "Turns of memory kept per channel; older ones are deleted (a prompt uses at most "
+         "the newest 1024)"),
+    _key("HISTORY_MAX_DAYS", _number("HISTORY_MAX_DAYS", int, 0, 36500),
+         "Days a turn is kept before it is deleted; 0 = no age limit"),
     _key("SPEAKER_LABELS", _choice("SPEAKER_LABELS", SPEAKER_LABEL_MODES),
          "you = members appear as 'You'; names = by display name"),
     _key("STREAM_REPLIES", _flag("STREAM_REPLIES"),

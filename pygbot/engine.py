@@ -236,6 +236,10 @@ def _load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     if tokenizer.eos_token is None:
         raise ValueError("the tokenizer has no end-of-sequence token")
     tokenizer.padding_side = "left"  # new tokens must follow each prompt directly
+    # Prompt text is only ever text: "<|endoftext|>" written by a member must reach the model
+    # as those characters, never as the end-of-text token that would start a new document
+    # without the persona. (Tokenizers match special-token text in input by default.)
+    tokenizer.split_special_tokens = True
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # pads are masked out, any id will do
     return tokenizer
@@ -458,8 +462,12 @@ class Engine:
                    prefix_cache_mb=cache_mb)
 
     def count_tokens(self, text: str) -> int:
+        return len(self.token_ids(text))
+
+    def token_ids(self, text: str) -> list[int]:
+        """`text` as the model receives it inside a prompt."""
         with self._tokenizer_lock:
-            return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+            return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Results in request order; one `model.generate` call per distinct params."""

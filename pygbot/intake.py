@@ -370,7 +370,11 @@ class Intake:
         self._timers.add(timer)
 
     def _keep_settled_s(self) -> float:
-        # Settled rows are the memory of what was answered: keep them well past the age
-        # limit so re-reading channel history can never answer a message twice.
-        return max(SECONDS_PER_DAY, 2 * self._config.max_age_s)
+        return keep_settled_s(self._config.max_age_s)
 
+
+def keep_settled_s(max_age_s: float) -> float:
+    """How long a settled record (a copy of an answered message) is kept. Settled rows are
+    the memory of what was answered: kept well past the age limit so re-reading channel
+    history can never answer a message twice."""
+    return max(SECONDS_PER_DAY, 2 * max_age_s)

@@ -122,6 +122,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum: 0 none, 1 full, 2 incremental
 
 # Writers take SQLite's write lock up front: a deferred transaction that reads and then writes
 # fails at once with SQLITE_BUSY (busy_timeout cannot help) if another process wrote meanwhile.
@@ -307,9 +308,11 @@ class Store:
         return cursor.rowcount > 0
 
     async def clear_channel(self, channel_id: int) -> int:
-        """Forget a channel's conversation (alternatives go with their turns); rows removed."""
+        """Forget a channel's conversation (alternatives go with their turns) and give the
+        space back; rows removed."""
         async with self._transaction() as db:
             cursor = await _execute(db, "DELETE FROM turns WHERE channel_id = ?", (channel_id,))
+        await self.reclaim_space()
         return cursor.rowcount
 
     async def add_alternative(self, turn_id: int, text: str) -> StoredTurn:
@@ -334,6 +337,48 @@ class Store:
                                  f"there is no alternative {index}")
             await _select_alternative(db, turn_id, index, turn.alternatives[index])
             return await _turn_by_id(db, turn_id)
+
+    # --- retention: what is kept, and giving space back ---------------------------------------
+
+    async def prune_turns(self, keep_per_channel: int, older_than: float | None = None) -> int:
+        """Forget turns beyond the newest `keep_per_channel` of each channel and, with
+        `older_than` (unix seconds), turns stored before it; a reply still waiting to be
+        posted is kept. Rows removed; call `reclaim_space` to shrink the file."""
+        async with self._transaction() as db:
+            cursor = await _execute(
+                db,
+                "DELETE FROM turns WHERE id IN (SELECT id FROM (SELECT id, created_at, "
+                "ROW_NUMBER() OVER (PARTITION BY channel_id ORDER BY id DESC) AS newer "
+                "FROM turns) WHERE newer > ? OR created_at < ?) AND id NOT IN (SELECT "
+                f"reply_turn_id FROM intake WHERE state IN {_OPEN_STATES_SQL} "
+                "AND reply_turn_id IS NOT NULL)",
+                (keep_per_channel, 0.0 if older_than is None else older_than))
+        return cursor.rowcount
+
+    async def forget_author(self, author_id: int) -> int:
+        """Forget every message a member wrote, in every channel, and the intake's copies of
+        them (also those not answered yet: forgetting wins), then give the space back.
+        Returns the number of the member's turns removed."""
+        async with self._transaction() as db:
+            cursor = await _execute(
+                db, "DELETE FROM turns WHERE role = 'user' AND author_id = ?", (author_id,))
+            await db.execute("DELETE FROM intake WHERE author_id = ?", (author_id,))
+        await self.reclaim_space()
+        return cursor.rowcount
+
+    async def reclaim_space(self) -> None:
+        """Return the pages deleted rows used to the file system now (incremental vacuum)
+        and fold the write-ahead log into the file, so forgotten text leaves the disk.
+        Another process holding the database only postpones this to the next time."""
+        async with self._lock:
+            if self._closed:
+                return
+            try:
+                # executescript steps the pragma to the end; execute() would free one page.
+                await self._db.executescript(
+                    "PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+            except sqlite3.OperationalError as error:
+                log.warning("could not give database space back yet: %s", error)
 
     # --- intake: messages the character owes an answer -------------------------------------------
 
@@ -589,8 +634,12 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 
 
 async def _configure(db: aiosqlite.Connection, path: Path) -> None:
-    """Per-connection settings; none of them is stored in the file except the journal mode."""
+    """Per-connection settings; none of them is stored in the file except the journal mode
+    (and, for a new file, incremental vacuum)."""
     db.row_factory = sqlite3.Row
+    # Takes effect only on a file without tables yet; older files are switched by
+    # `_use_incremental_vacuum` after the migrations.
+    await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
     rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
     if rows[0][0] != "wal":  # e.g. a network filesystem without shared memory
         log.warning("database %s runs in %s journal mode, not WAL", path, rows[0][0])
@@ -599,6 +648,8 @@ async def _configure(db: aiosqlite.Connection, path: Path) -> None:
     await db.execute("PRAGMA synchronous = NORMAL")
     await db.execute("PRAGMA foreign_keys = ON")  # off by default; the cascade needs it
     await db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+    # Deleted text is overwritten, not left in free pages: /reset and /forget-me mean it.
+    await db.execute("PRAGMA secure_delete = ON")
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
@@ -609,6 +660,26 @@ async def _migrate(db: aiosqlite.Connection) -> None:
                          f"({SCHEMA_VERSION}); upgrade pygbot")
     for target in range(version + 1, SCHEMA_VERSION + 1):
         await _apply_migration(db, target)
+    await _use_incremental_vacuum(db)
+
+
+async def _use_incremental_vacuum(db: aiosqlite.Connection) -> None:
+    """Switch a database made before retention existed to incremental vacuum, once.
+
+    SQLite only changes auto_vacuum on a file with tables by rebuilding it (VACUUM), which
+    cannot run inside a migration's transaction; so this step is keyed on the file's own
+    setting rather than on `user_version`, and a file restored from an old backup is
+    switched too. It takes a moment per 100 MB, and only the first time.
+    """
+    rows = list(await db.execute_fetchall("PRAGMA auto_vacuum"))
+    if rows[0][0] == AUTO_VACUUM_INCREMENTAL:
+        return
+    log.info("switching the database to incremental vacuum (a one-time VACUUM)")
+    try:
+        await db.executescript("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+    except sqlite3.OperationalError as error:  # e.g. another process reading it right now
+        log.warning("could not switch the database to incremental vacuum (tried again at "
+                    "the next start; until then deleted rows leave free pages): %s", error)
 
 
 async def _apply_migration(db: aiosqlite.Connection, target: int) -> None:

@@ -309,7 +309,7 @@ async def test_status_shows_model_device_queue_and_speed(
 async def test_commands_sync_to_the_dev_guild(server: Server, scripted_bot: ScriptedEngine
                                               ) -> None:
     names = {command["name"] for command in server.discord.synced_commands(server.guild)}
-    assert names == {"persona", "reset", "pygbot"}
+    assert names == {"persona", "reset", "pygbot", "forget-me"}
     assert server.discord.synced_commands() == []  # nothing global
 
 
