@@ -274,6 +274,21 @@ async def test_a_mention_sent_while_the_gateway_was_away_is_answered_once(
     assert len(engine.requests) == 2
 
 
+async def test_a_first_mention_in_a_new_channel_while_the_bot_was_away_is_answered(
+    server: Server, scripted_bot: ScriptedEngine,
+) -> None:
+    discord = server.discord
+    scripted_bot.script(" Hello.", " Nice to meet you.")
+    await discord.send_message(server.roleplay, server.member, server.mention("hi"))
+    await discord.wait_for(lambda: len(replies(server, server.roleplay)) == 1)
+    async with discord.gateway_outage(resumable=False):  # nothing of the gap is replayed
+        asked = await discord.send_message(server.roleplay_two, server.admin,
+                                           server.mention("first time here"))
+    reply = await discord.wait_for_message(server.roleplay_two,
+                                           lambda m: m["content"] == "Nice to meet you.")
+    assert int(reply["message_reference"]["message_id"]) == int(asked["id"])
+
+
 class locked:  # noqa: N801 - used as a context manager, like contextlib's
     """Another process's write lock on the database (a backup, an sqlite3 shell)."""
 

@@ -90,6 +90,9 @@ class ChatCog(commands.Cog):
     async def catch_up(self) -> None:
         since = time.time() - self.max_age_s
         channels = await self.intake.conversing_channels(CATCH_UP_CHANNELS)
+        # A member may also have spoken first while the bot was away, in a channel it never
+        # talked in: the gateway's guild data says which channels saw messages since.
+        channels += [c for c in self._active_since(since) if c not in channels]
         found = 0
         for channel_id in channels:
             try:
@@ -98,6 +101,19 @@ class ChatCog(commands.Cog):
                 log.warning("could not read back channel %s: %s", channel_id, error)
         log.info("caught up on %d channel(s): %d message(s) not seen before", len(channels),
                  found)
+
+    def _active_since(self, since: float) -> list[int]:
+        """Guild channels and threads whose newest message is younger than `since`, newest
+        first (at most CATCH_UP_CHANNELS); whether the character may talk there is checked
+        before anything is read."""
+        channels: list[discord.TextChannel | discord.Thread] = [
+            channel for guild in self.bot.guilds for channel in guild.text_channels]
+        channels += [thread for guild in self.bot.guilds for thread in guild.threads]
+        recent = [channel for channel in channels
+                  if channel.last_message_id is not None
+                  and discord.utils.snowflake_time(channel.last_message_id).timestamp() >= since]
+        recent.sort(key=lambda channel: channel.last_message_id or 0, reverse=True)
+        return [channel.id for channel in recent[:CATCH_UP_CHANNELS]]
 
     async def _catch_up_channel(self, channel_id: int, since: float) -> int:
         channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
