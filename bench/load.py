@@ -2,11 +2,14 @@
 
 Starts the loopback Discord emulator (127.0.0.1 only) with one server of age-restricted
 channels, builds the tiny test model, and runs `python bot.py` against it at default
-settings: only the Discord URLs and token, the model folder and the database path are set.
+settings: only the Discord URLs and token, the model folder and the database path are set
+(and OMP_NUM_THREADS=1, which is no pygbot setting: on shared cores torch's spinning thread
+pool would make even the tiny model's generation many times slower).
 Members then mention the character, round robin over the channels at `--rate` per second;
-`--kill-every N` SIGKILLs the bot after every N mentions sent and starts it again at once
-(mentions keep coming while it is down). When every mention is answered (or `--timeout`
-passes) the bot is stopped with SIGTERM and what members saw is counted:
+`--kill-every N` SIGKILLs the bot once N mentions were sent since the last kill and it is up
+and answering, and starts it again at once (mentions keep coming while it is down). When
+every mention is answered (or `--timeout` passes) the bot is stopped with SIGTERM and what
+members saw is counted:
 
 - answered: mentions a reply covers (a reply answers its message and the earlier mentions
   of the channel that no reply covered yet: messages that arrived together get one reply);
@@ -107,16 +110,21 @@ async def send_mentions(discord: DiscordEmulator, world: World, bot: BotProcess,
     sent: list[Sent] = []
     pause = 1.0 / args.rate if args.rate > 0 else 0.0
     started = time.monotonic()
+    since_kill = 0
     for index in range(args.mentions):
         channel = world.channels[index % len(world.channels)]
         member = world.members[index % len(world.members)]
         message = await discord.send_message(
             channel, member, f"{discord.bot_user.mention} message number {index}, over")
         sent.append(Sent(channel, int(message["id"])))
-        if args.kill_every and (index + 1) % args.kill_every == 0 and index + 1 < args.mentions:
+        since_kill += 1
+        # Kill a bot that is answering, not one still starting: a restart takes a while.
+        if args.kill_every and since_kill >= args.kill_every and bot.ready \
+                and index + 1 < args.mentions:
             await bot.kill()
             print(f"  SIGKILL after {index + 1} mentions; restarting", flush=True)
             await bot.start()
+            since_kill = 0
         await asyncio.sleep(max(0.0, started + (index + 1) * pause - time.monotonic()))
     return sent
 

@@ -214,7 +214,9 @@ async def test_a_database_that_stays_locked_ends_in_a_notice(
 async def test_a_member_who_floods_is_told_once_and_the_rest_are_answered(
     server: Server, db_path: Path, count_tokens: Callable[[str], int],
 ) -> None:
-    engine = ScriptedEngine([], count_tokens)
+    # Distinct replies: the two allowed mentions get one reply or two, depending on whether
+    # they arrive together, and a second identical reply would be refused as a repeat.
+    engine = ScriptedEngine([" First.", " Second."], count_tokens)
     settings = bot_settings(server, db_path, rate_limit_burst=2, rate_limit_per_minute=1)
     discord = server.discord
     async with bot_with_engine(server, settings, engine):
