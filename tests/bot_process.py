@@ -85,6 +85,11 @@ class BotProcess:
                 cwd=REPO, env=self._env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
                 stderr=asyncio.subprocess.STDOUT)
 
+    @property
+    def ready(self) -> bool:
+        """Running, connected and caught up: answering."""
+        return self.running and READY_LINE in self.log()
+
     async def start_and_wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         await self.start()
         await self.wait_for_log(READY_LINE, timeout)

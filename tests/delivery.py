@@ -59,6 +59,25 @@ def account(messages: Iterable[JSON], bot_id: int, mention_ids: Collection[int],
     return Delivery(len(covered & set(mentions)), lost, duplicates, order_violations, notices)
 
 
+def covering_replies(messages: Iterable[JSON], bot_id: int, mention_ids: Collection[int],
+                     notice_texts: Collection[str] = ()) -> dict[int, int]:
+    """For each answered mention, the id of the reply that first covered it (as `account`
+    counts: a reply covers its message and every earlier mention not covered yet)."""
+    mentions = sorted(mention_ids)
+    covering: dict[int, int] = {}
+    for message in messages:
+        reference = message.get("message_reference")
+        if int(message["author"]["id"]) != bot_id or not reference:
+            continue
+        target = int(reference["message_id"])
+        if target not in mention_ids or message["content"] in notice_texts:
+            continue
+        for mention in mentions:
+            if mention <= target and mention not in covering:
+                covering[mention] = int(message["id"])
+    return covering
+
+
 def replies_to(messages: Sequence[JSON], bot_id: int) -> list[tuple[int, str]]:
     """(referenced message id, content) of the bot's replies, in the order they were posted."""
     return [(int(m["message_reference"]["message_id"]), m["content"]) for m in messages

@@ -214,7 +214,9 @@ async def test_a_database_that_stays_locked_ends_in_a_notice(
 async def test_a_member_who_floods_is_told_once_and_the_rest_are_answered(
     server: Server, db_path: Path, count_tokens: Callable[[str], int],
 ) -> None:
-    engine = ScriptedEngine([], count_tokens)
+    # Distinct replies: the two allowed mentions get one reply or two, depending on whether
+    # they arrive together, and a second identical reply would be refused as a repeat.
+    engine = ScriptedEngine([" First.", " Second."], count_tokens)
     settings = bot_settings(server, db_path, rate_limit_burst=2, rate_limit_per_minute=1)
     discord = server.discord
     async with bot_with_engine(server, settings, engine):
@@ -272,6 +274,21 @@ async def test_a_mention_sent_while_the_gateway_was_away_is_answered_once(
     assert replies(server, server.roleplay) == [
         (int(first["id"]), "Hello."), (int(gap["id"]), "Welcome back.")]
     assert len(engine.requests) == 2
+
+
+async def test_a_first_mention_in_a_new_channel_while_the_bot_was_away_is_answered(
+    server: Server, scripted_bot: ScriptedEngine,
+) -> None:
+    discord = server.discord
+    scripted_bot.script(" Hello.", " Nice to meet you.")
+    await discord.send_message(server.roleplay, server.member, server.mention("hi"))
+    await discord.wait_for(lambda: len(replies(server, server.roleplay)) == 1)
+    async with discord.gateway_outage(resumable=False):  # nothing of the gap is replayed
+        asked = await discord.send_message(server.roleplay_two, server.admin,
+                                           server.mention("first time here"))
+    reply = await discord.wait_for_message(server.roleplay_two,
+                                           lambda m: m["content"] == "Nice to meet you.")
+    assert int(reply["message_reference"]["message_id"]) == int(asked["id"])
 
 
 class locked:  # noqa: N801 - used as a context manager, like contextlib's

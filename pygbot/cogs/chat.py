@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 EMPTY_MENTION_TEXT = "*waves*"  # a bare mention still deserves an answer
 CATCH_UP_CHANNELS = 100  # the most recently active channels read back after a gap
 CATCH_UP_MESSAGES = 100  # per channel, the newest messages within PENDING_MAX_AGE_S
+SEEN_LIVE_PRUNE_AT = 10_000  # message ids remembered before those past the age limit go
 RATE_LIMITED_NOTICE = ("You're writing faster than I can read, so I'll skip your messages "
                        "for a moment. Mention me again in {seconds} seconds.")
 
@@ -47,11 +48,16 @@ class ChatCog(commands.Cog):
         self.limiter = limiter
         self.max_age_s = max_age_s
         self.streaming = streaming
+        # Messages this process got live, whatever became of them (answered, refused by the
+        # rate limit): catch-up must not take them again from channel history.
+        self._seen_live: set[int] = set()
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if self.intake.stopping or message.author.bot or not await self._addressed_to_me(
-                message):
+        if self.intake.stopping or message.author.bot:
+            return
+        self._note_seen(message.id)
+        if not await self._addressed_to_me(message):
             return
         verdict = await self.access.check(message.channel)
         if verdict is not Access.ALLOWED:
@@ -94,6 +100,9 @@ class ChatCog(commands.Cog):
     async def catch_up(self) -> None:
         since = time.time() - self.max_age_s
         channels = await self.intake.conversing_channels(CATCH_UP_CHANNELS)
+        # A member may also have spoken first while the bot was away, in a channel it never
+        # talked in: the gateway's guild data says which channels saw messages since.
+        channels += [c for c in self._active_since(since) if c not in channels]
         found = 0
         for channel_id in channels:
             try:
@@ -102,6 +111,19 @@ class ChatCog(commands.Cog):
                 log.warning("could not read back channel %s: %s", channel_id, error)
         log.info("caught up on %d channel(s): %d message(s) not seen before", len(channels),
                  found)
+
+    def _active_since(self, since: float) -> list[int]:
+        """Guild channels and threads whose newest message is younger than `since`, newest
+        first (at most CATCH_UP_CHANNELS); whether the character may talk there is checked
+        before anything is read."""
+        channels: list[discord.TextChannel | discord.Thread] = [
+            channel for guild in self.bot.guilds for channel in guild.text_channels]
+        channels += [thread for guild in self.bot.guilds for thread in guild.threads]
+        recent = [channel for channel in channels
+                  if channel.last_message_id is not None
+                  and discord.utils.snowflake_time(channel.last_message_id).timestamp() >= since]
+        recent.sort(key=lambda channel: channel.last_message_id or 0, reverse=True)
+        return [channel.id for channel in recent[:CATCH_UP_CHANNELS]]
 
     async def _catch_up_channel(self, channel_id: int, since: float) -> int:
         channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
@@ -124,7 +146,8 @@ class ChatCog(commands.Cog):
                 reference = message.reference
                 if reference is not None and reference.message_id is not None:
                     await self.intake.reply_seen(reference.message_id, message.id)
-            elif not message.author.bot and await self._addressed_to_me(message):
+            elif (not message.author.bot and message.id not in self._seen_live
+                  and await self._addressed_to_me(message)):
                 found += await self._take(message, live=False) is Admission.ACCEPTED
         return found
 
@@ -166,6 +189,13 @@ class ChatCog(commands.Cog):
         if admission is Admission.BACKLOGGED and live:
             await self._explain(message, BACKLOG_NOTICE)
         return admission
+
+    def _note_seen(self, message_id: int) -> None:
+        if len(self._seen_live) >= SEEN_LIVE_PRUNE_AT:  # only catch-up's window matters
+            cutoff = time.time() - self.max_age_s
+            self._seen_live = {seen for seen in self._seen_live
+                               if discord.utils.snowflake_time(seen).timestamp() >= cutoff}
+        self._seen_live.add(message_id)
 
     async def _addressed_to_me(self, message: discord.Message) -> bool:
         me = self.bot.user
