@@ -205,9 +205,14 @@ class Plan:
     turns: int
 
     def chats(self) -> list[tuple[str, str]]:
-        """(character, system) in the order they run: each character through every system,
-        so a slower stretch of a shared machine touches every system alike."""
-        return [(character, system) for character in self.characters for system in self.systems]
+        """(character, system) in the order they run: the baseline and the defaults first
+        (the RESULT line's comparison, so a run cut short still has it in chats.json), then
+        each control; within each, every character through every system, so a slower
+        stretch of a shared machine touches the systems alike."""
+        first = [system for system in self.systems if system in (BASELINE, DEFAULTS)]
+        rest = [system for system in self.systems if system not in first]
+        return [(character, system) for group in (first, rest)
+                for character in self.characters for system in group]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -290,13 +295,18 @@ def run(args: argparse.Namespace) -> None:
     with _chat_runner(args.jobs, model, args.dtype) as run_all:
         for chat in run_all(tasks):
             logs[(chat.character, chat.system)] = chat
+            save(_by_system(logs, the_plan), args.out)  # a run cut short keeps what it did
             print(f"  {chat.character:<12} {chat.system:<10} {len(chat.posted)}/"
                   f"{the_plan.turns} posted in {sum(r.seconds for r in chat.replies):5.0f}s "
                   f"(run {time.perf_counter() - started:5.0f}s)", flush=True)
-    by_system = {system: [logs[(character, system)] for character in the_plan.characters]
-                 for system in the_plan.systems}
-    save(by_system, args.out)
-    report(by_system, args.out, time.perf_counter() - started)
+    report(_by_system(logs, the_plan), args.out, time.perf_counter() - started)
+
+
+def _by_system(logs: Mapping[tuple[str, str], ChatLog], the_plan: Plan) -> dict[
+        str, list[ChatLog]]:
+    return {system: [logs[(character, system)] for character in the_plan.characters
+                     if (character, system) in logs]
+            for system in the_plan.systems}
 
 
 @contextlib.contextmanager
@@ -328,7 +338,8 @@ def load(path: Path) -> dict[str, list[ChatLog]]:
 
 
 def report(logs: Mapping[str, Sequence[ChatLog]], out: Path, seconds: float | None) -> None:
-    metrics: dict[str, SystemMetrics] = {system: measure(chats) for system, chats in logs.items()}
+    metrics: dict[str, SystemMetrics] = {system: measure(chats) for system, chats in logs.items()
+                                         if chats}
     print()
     print(table(metrics))
     print(f"\ntranscripts: {out}/<system>.txt"

@@ -227,6 +227,14 @@ def test_quick_run_covers_five_kinds_of_characters_and_every_control() -> None:
     assert all(len(SCRIPTS[name]) >= run.turns for name in run.characters)
 
 
+def test_the_baseline_and_the_defaults_run_first_for_every_character() -> None:
+    run = plan(parse_args(["--quick"]))
+    chats = run.chats()
+    assert len(chats) == len(run.characters) * len(run.systems)
+    first = {system for _, system in chats[:2 * len(run.characters)]}
+    assert first == {"gradio-ui", "defaults"}
+
+
 def test_bench_characters_load_as_persona_files() -> None:
     for name in BENCH:
         assert name.casefold() in load_persona_dir(folder(name))
