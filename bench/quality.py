@@ -261,10 +261,10 @@ def _load_engine(model: str, dtype: str, threads: int) -> None:
 
 def run_chat(character: str, system: str, turns: int) -> ChatLog:
     """One scripted chat of `system` with `character`, on this process's engine."""
-    from pygbot.persona import load_persona_dir  # noqa: PLC0415
+    from pygbot.character_files import load_character_dir  # noqa: PLC0415
 
     assert _engine is not None, "_load_engine first"
-    persona = load_persona_dir(folder(character))[character.casefold()]
+    persona = load_character_dir(folder(character))[character.casefold()].persona
     lines = script(character, turns)
     overrides = SYSTEMS[system]
     if overrides is None:

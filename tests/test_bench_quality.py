@@ -25,7 +25,8 @@ from bench.quality_metrics import (
     table,
 )
 from bench.quality_scripts import BENCH, SCRIPTS, folder
-from pygbot.persona import Persona, load_persona_dir
+from pygbot.character_files import load_character_dir
+from pygbot.persona import Persona
 
 GREETING = "*opens one eye* Oh. You're back. The food bowl is empty, servant."
 CAP = 160
@@ -237,4 +238,4 @@ def test_the_baseline_and_the_defaults_run_first_for_every_character() -> None:
 
 def test_bench_characters_load_as_persona_files() -> None:
     for name in BENCH:
-        assert name.casefold() in load_persona_dir(folder(name))
+        assert name.casefold() in load_character_dir(folder(name))
