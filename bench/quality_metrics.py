@@ -42,9 +42,11 @@ _SENTENCE_WORDS = frozenset([
 # Markup a model invents: <END>, <END OF CONVERSATION>, </p>, <|im_end|>, [END], [/INST].
 _PSEUDO_TAG = re.compile(
     r"<\s*/?\s*[A-Za-z|][^<>\n]{0,40}>|\[\s*/?\s*(?:end|start|inst)\b[^\]\n]*\]", re.IGNORECASE)
-# First-person introductions: "my name is X", "call me X", "I'm X." / "I am X, ...".
+# First-person introductions: "my name is X", "call me X", "I'm called X", "I go by X",
+# "I'm X." / "I am X, ...".
 _INTRODUCTION = re.compile(
-    r"\b(?:my name(?:'s|’s| is)|call me|i(?:'m|’m| am))\s+([A-Z][\w'’-]+(?: [A-Z][\w'’-]+)?)"
+    r"\b(?:my name(?:'s|’s| is)|call me|i go by|i(?:'m|’m| am)(?: called| named)?)\s+"
+    r"([A-Z][\w'’-]+(?: [A-Z][\w'’-]+)?)"
     r"(?=\s*(?:[.,!?;…]|$|\band\b|\bthe\b|\bfrom\b|\bof\b|\bhere\b))",
     re.IGNORECASE)
 # Capitalised words after "I'm" that are not names ("I'm Sorry.", "I am Glad!").

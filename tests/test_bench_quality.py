@@ -107,7 +107,7 @@ def test_near_duplicates_count_against_the_greeting_and_only_the_last_five_turns
 
 @pytest.mark.parametrize("reply", [
     "Hi, I'm Luna!", "My name is Luna Moon.", "call me Luna, please", "I am Bella, the cat.",
-    "*purrs* my name's Tom and I rule here",
+    "*purrs* my name's Tom and I rule here", "I'm called Ryk, a master smith.", "I go by Tom.",
 ])
 def test_introducing_oneself_by_another_name_counts(reply: str) -> None:
     assert other_names(reply, "Mochi")
