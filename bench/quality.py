@@ -1,461 +1,359 @@
-"""Reply quality on a real trained model, repetition guard off and on, side by side in one run.
+"""Reply quality on a real trained model: the gradio-ui method, pygbot's shipped defaults and
+each of pygbot's repetition controls on its own, side by side in one run.
 
-Scripted multi-turn chats with each built-in character run through the real chat service
-(store, persona library, worker, engine) on SmolLM2-135M-Instruct, once with the guard off
-and once with it on, with the same member lines and seeds. The table shows, per mode:
+Every system chats with the same characters, the same member lines and the same seeds on
+SmolLM2-135M-Instruct (bench/smollm2.py; a small stand-in: Pygmalion's weights cannot be
+downloaded here, and what is measured — whether a control punishes the turn structure — does
+not depend on the model):
 
-- seq-rep-4: share of repeated 4-grams within a reply (mean over replies);
-- near-duplicates: share of replies at least `near_duplicate_threshold` similar to one of the
-  character's last five turns (pygbot.repetition's similarity);
-- distinct-2: distinct word bigrams over all replies of the mode;
-- forged turns: share of replies with a line that starts another speaker's turn
-  ("You:", the character's name and a colon, or any capitalised "Name:" label);
-- empty replies: share of member messages answered with nothing (EmptyReplyError).
+- gradio-ui: the PygmalionAI gradio-ui method, re-implemented (bench/gradio_baseline.py);
+- defaults: pygbot as shipped (Settings()), through the real ChatService, store, persona
+  library, worker and engine;
+- none: pygbot with every repetition control off (token penalty 1.0, DRY 0, min-p 0, guard
+  off); the reference for the rows below (full run only);
+- dry / min_p / penalty / guard: `none` plus that one control.
 
-Usage: python bench/quality.py [--quick] [--verbose]
-The last line is `RESULT rep4_reduction=… neardup_reduction=… distinct2_ratio=… forged_turns=…`
-(reductions are 1 - on/off; forged_turns counts replies with the guard on).
+Metrics (bench/quality_metrics.py, written apart from the guards they judge): replies with a
+forged or invented label line (any case), near-duplicates of the character's last 5 turns
+(short replies included), seq-rep-4, distinct-2, median and mean words and lines per reply,
+share of replies that ran into the token cap, replies where the character introduces itself by
+another name, pseudo-tag lines, empty replies, seconds per reply. Every transcript is written
+to the output folder, flagged, for reading: a reply that is not a coherent in-character answer
+is a failure whatever the numbers say.
+
+Usage: python bench/quality.py [--quick] [--jobs N] [--out DIR] | --report DIR/chats.json
+The last line is
+`RESULT forged=<n> neardup=<x> distinct2=<x> words_median=<n> near_cap=<x> other_name=<n>
+baseline_neardup=<x> baseline_forged=<n>` (the first six at pygbot's defaults).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import json
 import logging
-import math
-import re
+import multiprocessing
+import random
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/quality.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(ROOT))
 
+from bench import gradio_baseline  # noqa: E402
+from bench.quality_metrics import (  # noqa: E402
+    ChatLog,
+    Reply,
+    SystemMetrics,
+    forged_lines,
+    measure,
+    near_duplicate_flags,
+    other_names,
+    pseudo_tag_lines,
+    result_line,
+    table,
+)
+from bench.quality_scripts import BENCH, SEEDS, SHIPPED, folder, script  # noqa: E402
 from pygbot.chat import Author, ChatConfig, ChatService, EmptyReplyError  # noqa: E402
 from pygbot.config import Settings  # noqa: E402
-from pygbot.repetition import RECENT_REPLIES, distinct_n, seq_rep_n, similarity, words  # noqa: E402
+from pygbot.engine import GenerationRequest, GenerationResult  # noqa: E402
+from pygbot.worker import Worker  # noqa: E402
 
 if TYPE_CHECKING:
     from pygbot.engine import Engine
+    from pygbot.persona import Persona
 
-PERSONAS_DIR = ROOT / "personas"
 CHANNEL_ID = 1
 GUILD_ID = 1
 MEMBER = Author(1, "Sam")
-DTYPE = "bfloat16"  # measured here (AVX512-BF16 CPU): ~1.5x faster than float32 for this model
+DTYPE = "float32"  # this CPU has no native bf16; emulated bf16 was slower
+JOBS = 2
 QUICK_TURNS = 20
 FULL_TURNS = 30
-QUICK_MAX_NEW_TOKENS = 60  # keeps --quick under 15 minutes on 2 CPU cores
-QUEUE_MAX = 8
-MAX_BATCH = 1
-MODES = ("off", "on")  # the repetition guard, in the order the two chats run
-
-# Fixed per character, the same in both modes: any difference comes from the guard.
-SEEDS = {"Aria": 1101, "Pip": 2202, "Rook": 3303}
-
-# Member lines, alternating real questions with the short, low-effort messages ("ok",
-# "tell me more", "haha") that make chat models loop in real conversations.
-SCRIPTS: dict[str, tuple[str, ...]] = {
-    "Aria": (
-        "hi Aria, can't sleep again",
-        "what are you looking at out there?",
-        "ok",
-        "tell me more",
-        "how far away is the gas giant?",
-        "haha",
-        "do you like music?",
-        "what else?",
-        "what's your favourite song?",
-        "ok",
-        "I miss Earth sometimes",
-        "tell me more",
-        "do you ever dream?",
-        "haha that's cute",
-        "what else?",
-        "can you show me a constellation?",
-        "ok",
-        "tell me more",
-        "what do you think of the captain?",
-        "haha",
-        "I should probably try to sleep",
-        "what else?",
-        "wait, one more question: what's the strangest thing you've seen out here?",
-        "ok",
-        "tell me more",
-        "haha",
-        "do you ever get bored?",
-        "what else?",
-        "ok",
-        "good night Aria",
-    ),
-    "Pip": (
-        "hello Pip! sure, I'll sit down",
-        "I've just come from the mountains",
-        "ok",
-        "tell me more",
-        "can you sing me something?",
-        "haha",
-        "that was great",
-        "what else?",
-        "have you heard any rumours lately?",
-        "ok",
-        "I think I saw a dragon on the road",
-        "tell me more",
-        "what's the best song you know?",
-        "haha nice",
-        "what else?",
-        "where did you learn to play the lute?",
-        "ok",
-        "tell me more",
-        "do you want to come on an adventure with me?",
-        "haha",
-        "what should we pack?",
-        "what else?",
-        "who is the innkeeper here?",
-        "ok",
-        "tell me more",
-        "haha",
-        "can you make up a rhyme about me?",
-        "what else?",
-        "ok",
-        "I should get some sleep, goodnight Pip",
-    ),
-    "Rook": (
-        "tea please, thanks",
-        "how long will the storm last?",
-        "ok",
-        "tell me more",
-        "have you ever seen a shipwreck?",
-        "haha",
-        "do you live here alone?",
-        "what else?",
-        "what do you do all day?",
-        "ok",
-        "the gulls seem loud tonight",
-        "tell me more",
-        "do you ever go to the mainland?",
-        "haha fair enough",
-        "what else?",
-        "what was the worst storm you saw?",
-        "ok",
-        "tell me more",
-        "how does the lamp work?",
-        "haha",
-        "can I help with anything?",
-        "what else?",
-        "do you have family?",
-        "ok",
-        "tell me more",
-        "haha",
-        "is the cocoa any good?",
-        "what else?",
-        "ok",
-        "I think I'll try to sleep now",
-    ),
+SEED_RANGE = 2**31  # as pygbot.chat draws per-sample seeds
+DEFAULT_OUT = ROOT / "bench" / "out" / "quality"
+BASELINE = "gradio-ui"
+DEFAULTS = "defaults"
+# Every repetition control off; each "alone" system switches one of them back on.
+CONTROLS_OFF: dict[str, Any] = {"repetition_penalty": 1.0, "dry_multiplier": 0.0,
+                                "min_p": 0.0, "repetition_guard": False}
+SYSTEMS: dict[str, dict[str, Any] | None] = {
+    BASELINE: None,  # not pygbot
+    DEFAULTS: {},
+    "none": CONTROLS_OFF,
+    "dry": {**CONTROLS_OFF, "dry_multiplier": 0.8},
+    "min_p": {**CONTROLS_OFF, "min_p": 0.05},
+    "penalty": {**CONTROLS_OFF, "repetition_penalty": 1.1},
+    "guard": {**CONTROLS_OFF, "repetition_guard": True},
 }
-
-# Start of a line that opens somebody's turn: "You:", "Aria:" or any capitalised label of up
-# to three words (the shapes a model uses when it writes the member's next line itself).
-_TURN_LABEL = re.compile(r"^\s*[A-Z][\w'’-]*(?: [A-Z][\w'’-]*){0,2}\s*:")
+QUICK_SYSTEMS = (BASELINE, DEFAULTS, "dry", "min_p", "penalty", "guard")
 
 
-# --- metrics (pure; tested without a model) -----------------------------------------------------
+# --- pygbot through its real chat service ------------------------------------------------------
 
-@dataclass(frozen=True)
-class Exchange:
-    member: str
-    reply: str | None  # None: the service raised EmptyReplyError and stored nothing
+class RecordingWorker(Worker):
+    """The real worker, remembering every result so a reply's token count can be read."""
 
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, queue_max=8, max_batch=1)
+        self.results: list[tuple[GenerationRequest, GenerationResult]] = []
 
-@dataclass(frozen=True)
-class ChatLog:
-    persona: str
-    greeting: str
-    exchanges: tuple[Exchange, ...]
-
-    @property
-    def replies(self) -> list[str]:
-        return [exchange.reply for exchange in self.exchanges if exchange.reply is not None]
+    async def submit(self, request: GenerationRequest) -> GenerationResult:
+        result = await super().submit(request)
+        self.results.append((request, result))
+        return result
 
 
-@dataclass(frozen=True)
-class ModeMetrics:
-    turns: int
-    replies: int  # non-empty
-    rep4: float
-    near_duplicates: float
-    near_duplicates_any: float  # diagnostic: against every earlier turn, not just the last five
-    distinct2: float
-    forged_share: float
-    forged_count: int
-    empty_share: float
-    words_per_reply: float
-
-
-def has_forged_turn(reply: str, character_name: str) -> bool:
-    """Whether a line of the posted reply starts another speaker's turn."""
-    own = re.compile(rf"^\s*(?:You|{re.escape(character_name)})\s*:", re.IGNORECASE)
-    return any(own.match(line) or _TURN_LABEL.match(line) for line in reply.split("\n"))
-
-
-def near_duplicate_flags(chat: ChatLog, threshold: float,
-                         window: int | None = RECENT_REPLIES) -> list[bool]:
-    """Per non-empty reply: does it nearly repeat one of the character's last `window` turns
-    (all earlier turns when `window` is None)? Earlier turns include the greeting, as they do
-    in the chat service's own check. Unlike the guard, short replies are not exempt: "Yes."
-    said twice is counted here too."""
-    earlier = [chat.greeting] if chat.greeting else []
-    flags = []
-    for reply in chat.replies:
-        recent = earlier[-window:] if window else earlier
-        flags.append(any(similarity(reply, previous) >= threshold for previous in recent))
-        earlier.append(reply)
-    return flags
-
-
-def measure(chats: Sequence[ChatLog], threshold: float) -> ModeMetrics:
-    replies = [reply for chat in chats for reply in chat.replies]
-    turns = sum(len(chat.exchanges) for chat in chats)
-    flags = [flag for chat in chats for flag in near_duplicate_flags(chat, threshold)]
-    flags_any = [flag for chat in chats for flag in near_duplicate_flags(chat, threshold, None)]
-    forged = sum(has_forged_turn(reply, chat.persona) for chat in chats for reply in chat.replies)
-    return ModeMetrics(
-        turns=turns,
-        replies=len(replies),
-        rep4=_mean([seq_rep_n(reply, 4) for reply in replies]),
-        near_duplicates=_mean([float(flag) for flag in flags]),
-        near_duplicates_any=_mean([float(flag) for flag in flags_any]),
-        distinct2=distinct_n(replies, 2),
-        forged_share=forged / len(replies) if replies else 0.0,
-        forged_count=forged,
-        empty_share=(turns - len(replies)) / turns if turns else 0.0,
-        words_per_reply=_mean([float(len(words(reply))) for reply in replies]),
-    )
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-def ratio(on: float, off: float) -> float:
-    """on/off; nan when off is 0 (nothing to compare against)."""
-    return on / off if off else math.nan
-
-
-def reduction(on: float, off: float) -> float:
-    """1 - on/off: 1.0 means the guard removed all of it; nan when off had none to remove."""
-    return 1.0 - ratio(on, off)
-
-
-TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
-    # label, ModeMetrics field, format
-    ("seq-rep-4 within replies (mean)", "rep4", ".3f"),
-    ("near-duplicate of last 5 (share)", "near_duplicates", ".3f"),
-    ("near-dup of any earlier (share)", "near_duplicates_any", ".3f"),
-    ("distinct-2 (all replies)", "distinct2", ".3f"),
-    ("forged speaker turn (share)", "forged_share", ".3f"),
-    ("forged speaker turn (count)", "forged_count", "d"),
-    ("empty replies (share)", "empty_share", ".3f"),
-    ("words per reply (mean)", "words_per_reply", ".1f"),
-    ("replies (non-empty)", "replies", "d"),
-)
-
-
-def table(off: ModeMetrics, on: ModeMetrics) -> str:
-    lines = [f"{'metric':<34}{'off':>10}{'on':>10}{'on/off':>10}"]
-    for label, field, spec in TABLE_ROWS:
-        a, b = getattr(off, field), getattr(on, field)
-        lines.append(f"{label:<34}{a:>10{spec}}{b:>10{spec}}{ratio(b, a):>10.3f}")
-    return "\n".join(lines)
-
-
-def result_line(off: ModeMetrics, on: ModeMetrics) -> str:
-    return (f"RESULT rep4_reduction={reduction(on.rep4, off.rep4):.3f} "
-            f"neardup_reduction={reduction(on.near_duplicates, off.near_duplicates):.3f} "
-            f"distinct2_ratio={ratio(on.distinct2, off.distinct2):.3f} "
-            f"forged_turns={on.forged_count}")
-
-
-# --- running the chats -------------------------------------------------------------------------
-
-@dataclass
-class ModeTiming:
-    seconds: float = 0.0
-    requests: int = 0
-    new_tokens: int = 0
-
-    def add(self, seconds: float, requests: int, new_tokens: int) -> None:
-        self.seconds += seconds
-        self.requests += requests
-        self.new_tokens += new_tokens
-
-
-async def run_chat(engine: Engine, config: ChatConfig, persona: str, lines: Sequence[str],
-                   *, db_path: Path, timing: ModeTiming) -> ChatLog:
-    """One scripted conversation through the real service, in a fresh store."""
+async def run_pygbot(engine: Engine, config: ChatConfig, system: str, character: str, *,
+                     lines: Sequence[str], db_path: Path) -> ChatLog:
     from pygbot.library import PersonaLibrary  # noqa: PLC0415 (keeps --help fast)
     from pygbot.store import Store  # noqa: PLC0415
-    from pygbot.worker import Worker  # noqa: PLC0415
 
     async with await Store.open(db_path) as store:
-        library = PersonaLibrary.from_dir(store, PERSONAS_DIR, persona)
-        await library.switch(GUILD_ID, persona)
-        async with Worker(engine, queue_max=QUEUE_MAX, max_batch=MAX_BATCH) as worker:
+        library = PersonaLibrary.from_dir(store, folder(character), character)
+        await library.switch(GUILD_ID, character)
+        worker = RecordingWorker(engine)
+        async with worker:
             chat = ChatService(store, worker, library, engine.count_tokens, config,
-                               seed=SEEDS[persona])
-            started = time.perf_counter()
+                               seed=SEEDS[character])
             greeting = await chat.start_conversation(CHANNEL_ID, GUILD_ID)
-            exchanges = [await _exchange(chat, line) for line in lines]
-            stats = worker.stats()
-            timing.add(time.perf_counter() - started, stats.requests, stats.new_tokens)
-    return ChatLog(persona, greeting.text if greeting else "", tuple(exchanges))
+            replies = [await _pygbot_reply(chat, worker, line, config) for line in lines]
+    return ChatLog(system, character, greeting.text if greeting else "", tuple(replies))
 
 
-async def _exchange(chat: ChatService, line: str) -> Exchange:
+async def _pygbot_reply(chat: ChatService, worker: RecordingWorker, line: str,
+                        config: ChatConfig) -> Reply:
+    tried = len(worker.results)
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
         answer = await chat.reply(CHANNEL_ID, GUILD_ID, MEMBER, line)
-    except EmptyReplyError:
-        return Exchange(line, None)
-    return Exchange(line, answer.turn.text)
+        text: str | None = answer.turn.text
+    except EmptyReplyError:  # RejectedReplyError too: the member gets a notice, no reply
+        text = None
+    new_tokens = worker.results[-1][1].new_tokens if len(worker.results) > tried else 0
+    return Reply(line, text, new_tokens, config.params.max_new_tokens,
+                 time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def chat_config(guard: bool, args: argparse.Namespace, model_context: int) -> ChatConfig:
-    """The bot's shipped defaults (Settings()) with the guard switched; sampling knobs change
-    only when asked for on the command line (to explore settings where the model loops)."""
-    config = ChatConfig.from_settings(Settings(), model_context)
-    overrides = {
-        "max_new_tokens": args.max_new_tokens or (QUICK_MAX_NEW_TOKENS if args.quick else None),
-        "temperature": args.temperature,
-        "repetition_penalty": args.repetition_penalty,
-    }
-    params = replace(config.params, **{k: v for k, v in overrides.items() if v is not None})
-    window = args.repetition_window_tokens or config.repetition_window_tokens
-    return replace(config, repetition_guard=guard, params=params,
-                   repetition_window_tokens=window)
+def chat_config(overrides: Mapping[str, Any], model_context: int) -> ChatConfig:
+    return ChatConfig.from_settings(Settings(**overrides), model_context)
 
 
-def print_chat(mode: str, chat: ChatLog, threshold: float) -> None:
-    print(f"\n--- {chat.persona}, guard {mode} ---")
-    print(f"{chat.persona} (greeting): {chat.greeting}")
-    flags = iter(near_duplicate_flags(chat, threshold))
-    flags_any = iter(near_duplicate_flags(chat, threshold, None))
-    for exchange in chat.exchanges:
-        print(f"Sam: {exchange.member}")
-        if exchange.reply is None:
-            print(f"{chat.persona}: <EMPTY>")
+# --- the baseline ------------------------------------------------------------------------------
+
+def run_baseline(engine: Engine, persona: Persona, lines: Sequence[str]) -> ChatLog:
+    """gradio-ui keeps the conversation as lines and posts whatever its cut leaves."""
+    rng = random.Random(SEEDS[persona.name])  # the seeds pygbot's first samples get
+    history = [f"{persona.name}: {persona.greeting}"] if persona.greeting else []
+    replies = []
+    for line in lines:
+        wall, cpu = time.perf_counter(), time.process_time()
+        request = gradio_baseline.request(persona, history, line, rng.randrange(SEED_RANGE))
+        [result] = engine.generate([request])
+        text = gradio_baseline.parse_reply(result.text, persona.name)
+        history += [f"{gradio_baseline.YOU}: {line}", f"{persona.name}: {text}"]
+        replies.append(Reply(line, text or None, result.new_tokens,
+                             request.params.max_new_tokens,
+                             time.perf_counter() - wall, time.process_time() - cpu))
+    return ChatLog(BASELINE, persona.name, persona.greeting, tuple(replies))
+
+
+# --- transcripts -------------------------------------------------------------------------------
+
+def transcript(chat: ChatLog) -> str:
+    """The chat as a member would read it, each reply flagged with what the metrics saw."""
+    out = [f"=== {chat.character} ({chat.system}) ===", f"{chat.character}: {chat.greeting}"]
+    flags = iter(near_duplicate_flags(chat.greeting, [reply.text for reply in chat.replies]))
+    for number, reply in enumerate(chat.replies, start=1):
+        out.append(f"[{number}] Sam: {reply.member}")
+        if reply.text is None:
+            out.append(f"{chat.character}: <nothing posted>")
             continue
-        marks = []
-        recent, anywhere = next(flags), next(flags_any)
-        if recent:
-            marks.append("NEAR-DUP")
-        elif anywhere:
-            marks.append("DUP-OLDER")
-        if seq_rep_n(exchange.reply, 4) > 0:
-            marks.append(f"rep4={seq_rep_n(exchange.reply, 4):.2f}")
-        if has_forged_turn(exchange.reply, chat.persona):
-            marks.append("FORGED")
-        shown = exchange.reply.replace("\n", "\n    | ")
-        print(f"{chat.persona}: {shown}" + (f"   [{' '.join(marks)}]" if marks else ""))
+        marks = [name for name, hit in (
+            ("NEAR-DUP", next(flags)),
+            ("FORGED", forged_lines(reply.text) > 0),
+            ("CAP", reply.near_cap),
+            ("OTHER-NAME", bool(other_names(reply.text, chat.character))),
+            ("TAG", pseudo_tag_lines(reply.text) > 0),
+        ) if hit]
+        shown = reply.text.replace("\n", "\n    | ")
+        out.append(f"{chat.character}: {shown}" + (f"   [{' '.join(marks)}]" if marks else ""))
+    return "\n".join(out) + "\n"
+
+
+def write_transcripts(logs: Mapping[str, Sequence[ChatLog]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for system, chats in logs.items():
+        text = "\n".join(transcript(chat) for chat in chats)
+        (out / f"{system}.txt").write_text(text, encoding="utf-8")
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    systems: tuple[str, ...]
+    characters: tuple[str, ...]
+    turns: int
+
+    def chats(self) -> list[tuple[str, str]]:
+        """(character, system) in the order they run: the baseline and the defaults first
+        (the RESULT line's comparison, so a run cut short still has it in chats.json), then
+        each control; within each, every character through every system, so a slower
+        stretch of a shared machine touches the systems alike."""
+        first = [system for system in self.systems if system in (BASELINE, DEFAULTS)]
+        rest = [system for system in self.systems if system not in first]
+        return [(character, system) for group in (first, rest)
+                for character in self.characters for system in group]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_TURNS} turns per chat, {QUICK_MAX_NEW_TOKENS} new tokens")
-    parser.add_argument("--verbose", action="store_true", help="print every chat")
-    parser.add_argument("--personas", nargs="+", default=list(SCRIPTS), choices=list(SCRIPTS))
+                        help=f"the {len(BENCH)} bench characters x {QUICK_TURNS} turns, "
+                             f"systems {', '.join(QUICK_SYSTEMS)}")
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=None)
+    parser.add_argument("--characters", nargs="+", choices=[*BENCH, *SHIPPED], default=None)
     parser.add_argument("--turns", type=int, default=None, help="member messages per chat")
+    parser.add_argument("--jobs", type=int, default=JOBS,
+                        help="chats run at once, each in its own process with one thread "
+                             f"(default {JOBS}: one per core of a 2-core machine)")
     parser.add_argument("--dtype", default=DTYPE, choices=("float32", "bfloat16"))
     parser.add_argument("--cache", type=Path, default=None, help="where the model is kept")
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="override the shipped default (both modes)")
-    parser.add_argument("--repetition-penalty", type=float, default=None,
-                        help="override the shipped default (both modes)")
-    parser.add_argument("--repetition-window-tokens", type=int, default=None,
-                        help="override the guard's penalty window (guard on only)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="folder for the transcripts and chats.json")
+    parser.add_argument("--report", type=Path, default=None, metavar="CHATS_JSON",
+                        help="print the table of a saved run's chats.json; runs no model")
     return parser.parse_args(argv)
 
 
-async def run(args: argparse.Namespace) -> None:
-    from bench.smollm2 import DEFAULT_CACHE, model_folder  # noqa: PLC0415
-    from pygbot.engine import Engine, GenerationParams, GenerationRequest  # noqa: PLC0415
-
-    folder = model_folder(args.cache or DEFAULT_CACHE)
-    started = time.perf_counter()
-    engine = Engine.load(str(folder), device="cpu", dtype=args.dtype)
-    print(f"model: SmolLM2-135M-Instruct ({folder}), {engine.device} {engine.dtype}, "
-          f"loaded in {time.perf_counter() - started:.1f}s")
-    # Warm up once so the first mode does not pay for it.
-    engine.generate([GenerationRequest("Hello", params=GenerationParams(max_new_tokens=4))])
-    configs = {mode: chat_config(mode == "on", args, engine.context_tokens) for mode in MODES}
+def plan(args: argparse.Namespace) -> Plan:
+    systems = tuple(args.systems or (QUICK_SYSTEMS if args.quick else SYSTEMS))
+    for needed in (DEFAULTS, BASELINE):  # the RESULT line compares these two
+        if needed not in systems:
+            systems = (needed, *systems)
+    characters = tuple(args.characters or (BENCH if args.quick else (*BENCH, *SHIPPED)))
     turns = args.turns or (QUICK_TURNS if args.quick else FULL_TURNS)
-    print_setup(configs["on"], args.personas, turns)
-    logs, timings = await run_all_chats(engine, configs, args.personas, turns, args.verbose)
-    report(logs, timings, configs["on"].near_duplicate_threshold)
+    return Plan(systems, characters, turns)
 
 
-def print_setup(config: ChatConfig, personas: Sequence[str], turns: int) -> None:
-    params = config.params
-    print(f"chats: {', '.join(personas)} x {turns} turns x guard off/on; "
-          f"context {config.context_tokens}, max_new_tokens {params.max_new_tokens}, "
-          f"temperature {params.temperature}, top_p {params.top_p}, "
-          f"repetition_penalty {params.repetition_penalty}, "
-          f"guard window {config.repetition_window_tokens} tokens")
+# One engine per process: loaded once by `_load_engine`, used by every chat the process runs.
+_engine: Engine | None = None
 
 
-def script(persona: str, turns: int) -> tuple[str, ...]:
-    lines = SCRIPTS[persona]
-    return tuple(lines[index % len(lines)] for index in range(turns))
+def _load_engine(model: str, dtype: str, threads: int) -> None:
+    import torch  # noqa: PLC0415
+
+    from pygbot.engine import Engine  # noqa: PLC0415
+
+    global _engine  # noqa: PLW0603 (a process pool's per-process state)
+    torch.set_num_threads(threads)
+    _engine = Engine.load(model, device="cpu", dtype=dtype)
 
 
-async def run_all_chats(
-    engine: Engine, configs: dict[str, ChatConfig], personas: Sequence[str], turns: int,
-    verbose: bool,
-) -> tuple[dict[str, list[ChatLog]], dict[str, ModeTiming]]:
-    """Each character's chat in both modes, one after the other, so both share the machine."""
-    logs: dict[str, list[ChatLog]] = {mode: [] for mode in MODES}
-    timings = {mode: ModeTiming() for mode in MODES}
-    threshold = configs["on"].near_duplicate_threshold
+def run_chat(character: str, system: str, turns: int) -> ChatLog:
+    """One scripted chat of `system` with `character`, on this process's engine."""
+    from pygbot.character_files import load_character_dir  # noqa: PLC0415
+
+    assert _engine is not None, "_load_engine first"
+    persona = load_character_dir(folder(character))[character.casefold()].persona
+    lines = script(character, turns)
+    overrides = SYSTEMS[system]
+    if overrides is None:
+        return run_baseline(_engine, persona, lines)
     with tempfile.TemporaryDirectory(prefix="pygbot-quality-") as scratch:
-        for persona in personas:
-            for mode in MODES:
-                db = Path(scratch) / f"{persona}-{mode}.sqlite3"
-                chat = await run_chat(engine, configs[mode], persona, script(persona, turns),
-                                      db_path=db, timing=timings[mode])
-                logs[mode].append(chat)
-                print(f"  {persona:<5} guard {mode:<3} {len(chat.replies)}/{turns} replies "
-                      f"in {timings[mode].seconds:.0f}s (mode total)", flush=True)
-                if verbose:
-                    print_chat(mode, chat, threshold)
-    return logs, timings
+        config = chat_config(overrides, _engine.context_tokens)
+        return asyncio.run(run_pygbot(_engine, config, system, character, lines=lines,
+                                      db_path=Path(scratch) / "chat.sqlite3"))
 
 
-def report(logs: dict[str, list[ChatLog]], timings: dict[str, ModeTiming],
-           threshold: float) -> None:
-    off, on = measure(logs["off"], threshold), measure(logs["on"], threshold)
+def _run_chat(task: tuple[str, str, int]) -> ChatLog:
+    return run_chat(*task)
+
+
+def run(args: argparse.Namespace) -> None:
+    from bench.smollm2 import DEFAULT_CACHE, model_folder  # noqa: PLC0415
+
+    started = time.perf_counter()
+    the_plan = plan(args)
+    model = str(model_folder(args.cache or DEFAULT_CACHE))
+    defaults = chat_config({}, 2**16)
+    print(f"model: SmolLM2-135M-Instruct, cpu {args.dtype}, {args.jobs} processes x 1 thread")
+    print(f"{len(the_plan.characters)} characters x {the_plan.turns} turns x systems "
+          f"{', '.join(the_plan.systems)}\ndefaults: {defaults.params}, "
+          f"guard {defaults.repetition_guard}", flush=True)
+    tasks = [(character, system, the_plan.turns) for character, system in the_plan.chats()]
+    logs: dict[tuple[str, str], ChatLog] = {}
+    with _chat_runner(args.jobs, model, args.dtype) as run_all:
+        for chat in run_all(tasks):
+            logs[(chat.character, chat.system)] = chat
+            save(_by_system(logs, the_plan), args.out)  # a run cut short keeps what it did
+            print(f"  {chat.character:<12} {chat.system:<10} {len(chat.posted)}/"
+                  f"{the_plan.turns} posted in {sum(r.seconds for r in chat.replies):5.0f}s "
+                  f"(run {time.perf_counter() - started:5.0f}s)", flush=True)
+    report(_by_system(logs, the_plan), args.out, time.perf_counter() - started)
+
+
+def _by_system(logs: Mapping[tuple[str, str], ChatLog], the_plan: Plan) -> dict[
+        str, list[ChatLog]]:
+    return {system: [logs[(character, system)] for character in the_plan.characters
+                     if (character, system) in logs]
+            for system in the_plan.systems}
+
+
+@contextlib.contextmanager
+def _chat_runner(jobs: int, model: str, dtype: str) -> Iterator[
+        Callable[[list[tuple[str, str, int]]], Iterator[ChatLog]]]:
+    """Runs chats in this process (jobs=1) or in a pool of one-thread processes."""
+    if jobs <= 1:
+        _load_engine(model, dtype, 1)
+        yield lambda tasks: map(_run_chat, tasks)
+        return
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch
+    with context.Pool(jobs, initializer=_load_engine, initargs=(model, dtype, 1)) as pool:
+        yield lambda tasks: pool.imap_unordered(_run_chat, tasks)
+
+
+def save(logs: Mapping[str, Sequence[ChatLog]], out: Path) -> None:
+    """Transcripts to read, and chats.json to report again (`--report`) without a model."""
+    write_transcripts(logs, out)
+    data = {system: [dataclasses.asdict(chat) for chat in chats] for system, chats in logs.items()}
+    (out / "chats.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def load(path: Path) -> dict[str, list[ChatLog]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {system: [ChatLog(chat["system"], chat["character"], chat["greeting"],
+                             tuple(Reply(**reply) for reply in chat["replies"]))
+                     for chat in chats]
+            for system, chats in data.items()}
+
+
+def report(logs: Mapping[str, Sequence[ChatLog]], out: Path, seconds: float | None) -> None:
+    metrics: dict[str, SystemMetrics] = {system: measure(chats) for system, chats in logs.items()
+                                         if chats}
     print()
-    print(table(off, on))
-    print()
-    for mode, timing in timings.items():
-        rate = timing.new_tokens / timing.seconds if timing.seconds else 0.0
-        print(f"guard {mode:<3}: {timing.seconds:7.1f}s, {timing.requests} generate calls, "
-              f"{timing.new_tokens} new tokens ({rate:.1f} tokens/s end to end)")
-    print(f"time ratio on/off: {ratio(timings['on'].seconds, timings['off'].seconds):.2f}")
-    print(result_line(off, on))
+    print(table(metrics))
+    print(f"\ntranscripts: {out}/<system>.txt"
+          + (f"; whole run {seconds:.0f}s ({seconds / 60:.1f} min)" if seconds else ""))
+    print(result_line(metrics[DEFAULTS], metrics[BASELINE]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.verbose:
-        logging.getLogger("pygbot.chat").setLevel(logging.INFO)
-    asyncio.run(run(args))
+    if args.report:
+        report(load(args.report), args.report.parent, None)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ _INTRODUCTIONS = (
     re.compile(rf"\b(?:[Mm]y )?name(?:'s|’s| is) {_NAME}"),
     # "call me Luna", "Call me Luna"
     re.compile(rf"\b[Cc]all me {_NAME}"),
+    # "I'm called Ryk", "I am named Luna", "I go by Luna" (seen in the quality bench)
+    re.compile(rf"\bI(?:'m|’m| am) (?:called|named) {_NAME}"),
+    re.compile(rf"\bI go by {_NAME}"),
     # "I'm Luna." / "I am Luna, ..." / "I'm Luna!" / "I'm Luna and ..." — the name ends the
     # clause, which leaves out "I'm Glad you came" and "I'm Not sure".
     re.compile(rf"\bI(?:'m|’m| am) {_NAME}(?=\s*(?:[.,!?;…]|$| and\b| the\b| from\b| of\b))"),

@@ -92,6 +92,25 @@ async def test_the_reply_is_cut_before_the_model_speaks_for_the_member(
     assert "\nYou:" in engine.requests[0].stop_strings
 
 
+async def test_a_reply_cut_at_max_new_tokens_ends_on_a_finished_sentence(
+    scripted: tuple[ChatService, ScriptedEngine], store: Store,
+) -> None:
+    chat, engine = scripted
+    engine.script(" The rings are ice. Some pieces are as big as houses and they drift")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "Tell me about the rings")
+    assert reply.turn.text == "The rings are ice."
+    assert (await store.history(CHANNEL))[-1].text == "The rings are ice."
+
+
+async def test_a_reply_that_ended_by_itself_keeps_its_last_words(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" Ice, mostly\nYou: and?")  # under the 12-token cap: the turn ended there
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "Tell me about the rings")
+    assert reply.turn.text == "Ice, mostly"
+
+
 async def test_an_empty_reply_is_an_error_and_nothing_is_stored(
     scripted: tuple[ChatService, ScriptedEngine], store: Store,
 ) -> None:
