@@ -315,7 +315,7 @@ def prefix_cached(engine: Engine, megabytes: int) -> Engine | None:
     this pygbot has no prefix cache."""
     if "prefix_cache_mb" not in inspect.signature(Engine).parameters:
         return None
-    return Engine(engine.model_name, engine._model, engine._tokenizer,  # type: ignore[call-arg]
+    return Engine(engine.model_name, engine._model, engine._tokenizer,
                   engine.device, engine.dtype, prefix_cache_mb=megabytes)
 
 
