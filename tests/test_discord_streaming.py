@@ -25,6 +25,7 @@ STORY = (" Hello there, traveller. The stars are bright tonight. I was charting 
 # case a loop begins there).
 FIRST_SENTENCE_SETTLED = "bright tonight."
 SECOND_SENTENCE_SETTLED = "rings of"
+SHOW_DEADLINE_S = 30.0
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +66,9 @@ async def shows(server: Server, check: Callable[[str], bool]) -> JSON:
             return True
         return False
 
-    await server.discord.wait_for(seen)
+    # A generous deadline, not a timing claim: edits are throttled to one a second and a
+    # loaded CI machine runs the bot, the emulator and the test on the same cores.
+    await server.discord.wait_for(seen, timeout=SHOW_DEADLINE_S)
     return found[-1]
 
 
