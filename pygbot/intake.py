@@ -88,6 +88,12 @@ class Poster(Protocol):
 
     async def notice(self, channel_id: int, answering: int, text: str) -> None: ...
 
+    async def refusal(self, channel_id: int) -> str | None:
+        """Why the character may not talk in this channel now, as a notice for the member;
+        None when it may. Asked before every reply: a channel can stop being allowed while
+        its messages wait (or while the bot was down)."""
+        ...
+
 
 @dataclass(frozen=True)
 class IntakeConfig:
@@ -243,6 +249,10 @@ class Intake:
         if stale:
             await self._expire(channel_id, stale)
             return True
+        refusal = await self._poster.refusal(channel_id)
+        if refusal is not None:
+            await self._refuse(channel_id, backlog, refusal)
+            return True
         first = backlog[0]
         if first.state == "answered" and first.reply_turn_id is not None:
             same_reply = [m for m in backlog if m.reply_turn_id == first.reply_turn_id]
@@ -256,6 +266,12 @@ class Intake:
                  channel_id, len(stale))
         await self._poster.notice(channel_id, stale[-1].message_id, MISSED_NOTICE)
         await self._store.settle_intake([m.message_id for m in stale], "expired")
+
+    async def _refuse(self, channel_id: int, backlog: list[IntakeMessage], notice: str) -> None:
+        log.info("channel %s: %d message(s) not answered, the character may no longer talk "
+                 "there", channel_id, len(backlog))
+        await self._poster.notice(channel_id, backlog[-1].message_id, notice)
+        await self._store.settle_intake([m.message_id for m in backlog], "failed")
 
     async def _answer(self, channel_id: int, fresh: list[IntakeMessage]) -> None:
         latest = fresh[-1]

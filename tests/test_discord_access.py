@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from pygbot.cogs.access import AGE_RESTRICTED_NOTICE
 from pygbot.cogs.reply_view import NEXT_ID, NOT_NEWEST, PREVIOUS_ID, REGENERATE_ID
-from pygbot.store import Store
+from pygbot.store import IntakeMessage, Store
 from tests.discord_emulator import Channel
 from tests.discord_harness import Server, bot_settings, bot_with_engine, eventually
 from tests.scripted_engine import ScriptedEngine
@@ -175,3 +176,29 @@ async def test_a_failed_command_sync_is_one_log_line_and_the_bot_keeps_serving(
                               f"DEV_GUILD_ID={NOT_A_MEMBER_GUILD_ID}: Discord refused (403 ")
     assert "the bot is not in that server" in message and "\n" not in message
     assert discord.synced_commands(server.guild) == []
+
+
+async def test_a_message_left_pending_is_not_answered_once_its_channel_is_no_longer_allowed(
+    server: Server, db_path: Path, scripted: ScriptedEngine,
+) -> None:
+    discord = server.discord
+    # Bob wrote while the channel was allowed; the bot went down before answering, and
+    # meanwhile an admin unticked the channel's age restriction.
+    asked = await discord.send_message(server.roleplay, server.member,
+                                       server.mention("are you there?"))
+    async with await Store.open(db_path) as store:
+        await store.record_intake(IntakeMessage(
+            message_id=int(asked["id"]), channel_id=server.roleplay.id,
+            guild_id=server.guild.id, author_id=server.member.id, author_name="Bob",
+            text="Aria are you there?", created_at=time.time()))
+    discord.set_age_restricted(server.roleplay, False)
+    async with bot_with_engine(server, bot_settings(server, db_path), scripted) as services:
+        notice = await discord.wait_for_message(
+            server.roleplay, lambda m: m["content"] == AGE_RESTRICTED_NOTICE)
+
+        async def settled() -> bool:  # not left to be retried at the next start
+            return await services.store.open_intake(server.roleplay.id) == []
+
+        await eventually(settled)
+    assert notice["message_reference"]["message_id"] == asked["id"]
+    assert scripted.requests == []

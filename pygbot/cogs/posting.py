@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import discord
 
 from pygbot.chat import ChatService
-from pygbot.cogs.access import AccessPolicy
+from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.cogs.live_reply import STREAM_EDIT_INTERVAL_S, LiveReply
 from pygbot.cogs.reply_view import ReplyControls, post_greeting
 from pygbot.discord_text import split_message
@@ -114,6 +114,20 @@ class DiscordPoster:
             if finished is not None:
                 return finished
         return await send_reply(channel, answering, turn, controls)
+
+    async def refusal(self, channel_id: int) -> str | None:
+        """The access notice when the character may not talk in the channel, else None."""
+        channel = self._bot.get_channel(channel_id)
+        if channel is None:  # not cached (a DM or an archived thread after a restart)
+            try:
+                channel = await self._bot.fetch_channel(channel_id)
+            except discord.HTTPException as error:
+                log.warning("could not look up channel %s: %s", channel_id, error)
+                return None  # posting will fail or succeed on its own; nothing is lost
+        if not isinstance(channel, discord.abc.Messageable):
+            return None
+        verdict = await self._access.check(channel)
+        return None if verdict is Access.ALLOWED else AccessPolicy.notice(verdict)
 
     async def notice(self, channel_id: int, answering: int, text: str) -> None:
         """A short plain message to the member, as a reply to their message."""
