@@ -118,7 +118,7 @@ def test_an_accepted_card_exports_and_imports_back_unchanged(card: dict[str, Any
         assert read_character(export_v2_json(persona)).persona == persona
 
 
-@FAST
+@settings(FAST, max_examples=1_000)  # issue 8: at least 1,000 cases per hostile-input property
 @given(card=hostile_cards(), display_name=hostile_text, message=hostile_text,
        names_mode=st.booleans())
 def test_card_text_and_display_names_never_add_a_line_to_the_prompt(
