@@ -51,8 +51,17 @@ def bot_replies(server: Server) -> list[JSON]:
 
 
 async def stored_reply(db_path: Path, channel_id: int) -> StoredTurn:
-    async with await Store.open(db_path) as store:
-        return (await store.history(channel_id))[-1]
+    """The channel's newest turn, once the bot has recorded the message it was posted as (it
+    records that just after members see the finished reply)."""
+    newest: list[StoredTurn] = []
+
+    async def posted() -> bool:
+        async with await Store.open(db_path) as store:
+            newest.append((await store.history(channel_id))[-1])
+        return newest[-1].message_id is not None
+
+    await eventually(posted)
+    return newest[-1]
 
 
 async def shows(server: Server, check: Callable[[str], bool]) -> JSON:
