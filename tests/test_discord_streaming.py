@@ -181,6 +181,7 @@ async def test_regenerate_streams_into_the_same_message_and_ends_with_buttons(
     scripted_bot.script(" First thought.", STORY)
     await server.discord.send_message(server.roleplay, server.member, server.mention("hi"))
     reply = await shows(server, lambda content: content == "First thought.")
+    await stored_reply(db_path, server.roleplay.id)  # 🔄 works on a reply the bot has recorded
     held = scripted_bot.pause_after(FIRST_SENTENCE_SETTLED)
     await server.discord.click_button(reply, REGENERATE_ID, server.member)
     growing = await shows(server, lambda content: content.endswith(STREAMING_MARK))
