@@ -70,11 +70,8 @@ class PersonaCog(commands.GroupCog, group_name="persona",
     async def show(self, interaction: discord.Interaction, name: str | None = None) -> None:
         """Show a character's persona, scenario, greeting and example dialogue."""
         guild_id = interaction.guild_id or 0
-        try:
-            persona = await (self.library.get(guild_id, name) if name
-                             else self.library.active(guild_id, interaction.channel_id))
-        except UnknownPersonaError as error:
-            await interaction.response.send_message(f"{error}.", ephemeral=True)
+        persona = await self._named_or_active(interaction, name)
+        if persona is None:
             return
         embed = _embed(persona, self.chat.prompt_cost(persona))
         avatar = await self.library.avatar(guild_id, persona.name)
@@ -196,11 +193,8 @@ class PersonaCog(commands.GroupCog, group_name="persona",
     async def export(self, interaction: discord.Interaction, name: str | None = None) -> None:
         """Export a character as a Character Card V2: a PNG with its picture, and JSON."""
         guild_id = interaction.guild_id or 0
-        try:
-            persona = await (self.library.get(guild_id, name) if name
-                             else self.library.active(guild_id, interaction.channel_id))
-        except UnknownPersonaError as error:
-            await interaction.response.send_message(f"{error}.", ephemeral=True)
+        persona = await self._named_or_active(interaction, name)
+        if persona is None:
             return
         avatar = await self.library.avatar(guild_id, persona.name)
         picture = await asyncio.to_thread(export_png, persona, avatar)
@@ -248,6 +242,17 @@ class PersonaCog(commands.GroupCog, group_name="persona",
                                                       interaction.user.display_name)
         await post_greeting(channel, greeting, self.chat, self.access)
 
+    async def _named_or_active(self, interaction: discord.Interaction,
+                               name: str | None) -> Persona | None:
+        """The character `name`, or the one playing in this channel when left out; an unknown
+        name is told to the member (None)."""
+        guild_id = interaction.guild_id or 0
+        try:
+            return await (self.library.get(guild_id, name) if name
+                          else self.library.active(guild_id, interaction.channel_id))
+        except UnknownPersonaError as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return None
 
 class PersonaModal(discord.ui.Modal):
     """Discord's form for a character: five fields, within Discord's modal limits."""
