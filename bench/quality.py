@@ -21,7 +21,8 @@ another name, pseudo-tag lines, empty replies, seconds per reply. Every transcri
 to the output folder, flagged, for reading: a reply that is not a coherent in-character answer
 is a failure whatever the numbers say.
 
-Usage: python bench/quality.py [--quick] [--jobs N] [--out DIR] | --report DIR/chats.json
+Usage: python bench/quality.py [--quick] [--systems ...] [--jobs N] [--out DIR]
+       | --report DIR/chats.json [MORE/chats.json ...]
 The last line is
 `RESULT forged=<n> neardup=<x> distinct2=<x> words_median=<n> near_cap=<x> other_name=<n>
 baseline_neardup=<x> baseline_forged=<n>` (the first six at pygbot's defaults).
@@ -59,6 +60,7 @@ from bench.quality_metrics import (  # noqa: E402
     other_names,
     pseudo_tag_lines,
     result_line,
+    says_no_words,
     table,
 )
 from bench.quality_scripts import BENCH, SEEDS, SHIPPED, folder, script  # noqa: E402
@@ -94,7 +96,9 @@ SYSTEMS: dict[str, dict[str, Any] | None] = {
     "penalty": {**CONTROLS_OFF, "repetition_penalty": 1.1},
     "guard": {**CONTROLS_OFF, "repetition_guard": True},
 }
-QUICK_SYSTEMS = (BASELINE, DEFAULTS, "dry", "min_p", "penalty", "guard")
+# --quick runs what the RESULT line compares; the per-control rows are the full run's (or
+# `--systems none dry min_p penalty guard`), which together need about 18 CPU-minutes more.
+QUICK_SYSTEMS = (BASELINE, DEFAULTS)
 
 
 # --- pygbot through its real chat service ------------------------------------------------------
@@ -183,6 +187,7 @@ def transcript(chat: ChatLog) -> str:
             ("CAP", reply.near_cap),
             ("OTHER-NAME", bool(other_names(reply.text, chat.character))),
             ("TAG", pseudo_tag_lines(reply.text) > 0),
+            ("NO-WORDS", says_no_words(reply.text)),
         ) if hit]
         shown = reply.text.replace("\n", "\n    | ")
         out.append(f"{chat.character}: {shown}" + (f"   [{' '.join(marks)}]" if marks else ""))
@@ -230,16 +235,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=None, help="where the model is kept")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for the transcripts and chats.json")
-    parser.add_argument("--report", type=Path, default=None, metavar="CHATS_JSON",
-                        help="print the table of a saved run's chats.json; runs no model")
+    parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="CHATS_JSON",
+                        help="print the table of saved runs' chats.json (several: their "
+                             "systems side by side); runs no model")
     return parser.parse_args(argv)
 
 
 def plan(args: argparse.Namespace) -> Plan:
+    # Systems named with --systems run alone (a run of the controls need not repeat the
+    # baseline); the RESULT line is printed where a report has both the baseline and defaults.
     systems = tuple(args.systems or (QUICK_SYSTEMS if args.quick else SYSTEMS))
-    for needed in (DEFAULTS, BASELINE):  # the RESULT line compares these two
-        if needed not in systems:
-            systems = (needed, *systems)
     characters = tuple(args.characters or (BENCH if args.quick else (*BENCH, *SHIPPED)))
     turns = args.turns or (QUICK_TURNS if args.quick else FULL_TURNS)
     return Plan(systems, characters, turns)
@@ -344,14 +349,18 @@ def report(logs: Mapping[str, Sequence[ChatLog]], out: Path, seconds: float | No
     print(table(metrics))
     print(f"\ntranscripts: {out}/<system>.txt"
           + (f"; whole run {seconds:.0f}s ({seconds / 60:.1f} min)" if seconds else ""))
-    print(result_line(metrics[DEFAULTS], metrics[BASELINE]))
+    if DEFAULTS in metrics and BASELINE in metrics:
+        print(result_line(metrics[DEFAULTS], metrics[BASELINE]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.report:
-        report(load(args.report), args.report.parent, None)
+        logs: dict[str, list[ChatLog]] = {}
+        for path in args.report:
+            logs.update(load(path))
+        report(logs, args.report[0].parent, None)
     else:
         run(args)
 

@@ -85,6 +85,15 @@ def pseudo_tag_lines(reply: str) -> int:
     return sum(bool(_PSEUDO_TAG.search(line)) for line in reply.split("\n"))
 
 
+_ACTION = re.compile(r"\*[^*\n]*\*?")  # *looks up*, and an action the reply left open
+
+
+def says_no_words(reply: str) -> bool:
+    """Whether the reply speaks no word: only numbers and punctuation ("12.50"), or only
+    actions between asterisks ("*laughs again*"). Neither answers what the member said."""
+    return not any(char.isalpha() for char in _ACTION.sub("", reply))
+
+
 def line_count(reply: str) -> int:
     return sum(1 for line in reply.split("\n") if line.strip())
 
@@ -189,6 +198,7 @@ class SystemMetrics:
     lines_mean: float
     near_cap: float  # share of turns whose reply ran into max_new_tokens
     other_name: int  # replies where the character introduces itself by another name
+    no_words: int  # replies that speak no word: numbers or actions only
     pseudo_tags: int  # lines with a pseudo-tag, over all replies
     empty: float  # share of turns answered with nothing
     seconds: float  # wall seconds per reply
@@ -213,6 +223,7 @@ def measure(chats: Sequence[ChatLog]) -> SystemMetrics:
         near_cap=_mean([float(reply.near_cap) for reply in replies]),
         other_name=sum(bool(other_names(text, chat.character))
                        for chat in chats for text in chat.posted),
+        no_words=sum(says_no_words(text) for text in posted),
         pseudo_tags=sum(pseudo_tag_lines(text) for text in posted),
         empty=_mean([float(reply.text is None) for reply in replies]),
         seconds=_mean([reply.seconds for reply in replies]),
@@ -235,6 +246,7 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("lines per reply (mean)", "lines_mean", ".2f"),
     ("near the token cap (share)", "near_cap", ".3f"),
     ("calls itself another name", "other_name", "d"),
+    ("no word spoken (replies)", "no_words", "d"),
     ("pseudo-tag lines", "pseudo_tags", "d"),
     ("empty / not posted (share)", "empty", ".3f"),
     ("seconds per reply (wall)", "seconds", ".2f"),

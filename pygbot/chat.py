@@ -29,7 +29,7 @@ from pygbot.prompt import (
     speaker_label,
 )
 from pygbot.repetition import RECENT_REPLIES, max_similarity
-from pygbot.reply_text import final_reply, visible_reply
+from pygbot.reply_text import final_reply, has_no_words, visible_reply
 from pygbot.store import NewTurn, Store, StoredTurn
 from pygbot.streaming import PartialListener, TextRelay
 from pygbot.worker import Worker
@@ -56,8 +56,8 @@ class EmptyReplyError(RuntimeError):
 
 
 class RejectedReplyError(EmptyReplyError):
-    """Every sample repeated a recent reply or had the character use another name; none was
-    posted or stored (the member sees the same notice as for an empty reply)."""
+    """Every sample repeated a recent reply, had the character use another name or had no
+    words; none was posted or stored (the member sees the same notice as for an empty reply)."""
 
 
 class NothingToRegenerateError(LookupError):
@@ -333,7 +333,8 @@ class ChatService:
             log.info("reply %d of %d %s; resampling", attempt + 1, attempts, problem)
             rejected = True
         if rejected:
-            raise RejectedReplyError("every sample repeated a recent reply or used another name")
+            raise RejectedReplyError(
+                "every sample repeated a recent reply, used another name or had no words")
         raise EmptyReplyError("the model produced an empty reply")
 
     @property
@@ -344,6 +345,8 @@ class ChatService:
         """Why `text` must not be posted, or None when it may."""
         if uses_other_name(text, persona.name):
             return "has the character use another name"
+        if has_no_words(text):
+            return "has no words"
         if self._config.repetition_guard:
             score = max_similarity(text, recent[-RECENT_REPLIES:])
             if score >= self._config.near_duplicate_threshold:

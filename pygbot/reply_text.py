@@ -52,6 +52,13 @@ def final_reply(generated: str, persona_name: str, speakers: Sequence[str], *,
     return text
 
 
+def has_no_words(reply: str) -> bool:
+    """Whether the reply has not one letter: numbers and punctuation only ("12.50", "..."),
+    which a small model falls into once a number has answered (a pattern no repeat check
+    sees, since every number differs). Actions (`*nods*`) are words and pass."""
+    return not any(char.isalpha() for char in reply)
+
+
 def visible_reply(generated: str, persona_name: str, speakers: Sequence[str], *,
                   trim_loops: bool) -> str:
     """Whole sentences of a continuation still being generated that the final reply will

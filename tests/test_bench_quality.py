@@ -22,6 +22,7 @@ from bench.quality_metrics import (
     other_names,
     pseudo_tag_lines,
     result_line,
+    says_no_words,
     table,
 )
 from bench.quality_scripts import BENCH, SCRIPTS, folder
@@ -126,6 +127,12 @@ def test_a_name_sharing_a_word_with_the_characters_own_is_its_own() -> None:
     assert other_names("Call me Sam Spade.", "Vic Calloway")
 
 
+def test_numbers_or_actions_alone_speak_no_words() -> None:
+    assert says_no_words("12.50") and says_no_words("*laughs again*") and says_no_words("...")
+    assert says_no_words("*looks up from the desk")  # an action left open
+    assert not says_no_words("*nods* Twelve fifty.") and not says_no_words("No.")
+
+
 def test_pseudo_tags_are_counted_per_line() -> None:
     assert pseudo_tag_lines("Fine.\n<END OF CONVERSATION>\n</s> [END]\n<3 you") == 2
     assert pseudo_tag_lines("5 < 6 and 7 > 3") == 0
@@ -173,7 +180,7 @@ def test_table_has_a_column_per_system_and_every_metric() -> None:
     rendered = table({"gradio-ui": measure([chat("No.")]), "defaults": measure([chat(*GOOD)])})
     header, *rows = rendered.splitlines()
     assert header.split() == ["metric", "gradio-ui", "defaults"]
-    assert len(rows) == 14
+    assert len(rows) == 15
     assert any(row.startswith("near the token cap") for row in rows)
 
 
@@ -220,12 +227,20 @@ def test_every_control_alone_switches_one_setting_from_all_off() -> None:
     assert chat_config({}, 8192).params.max_new_tokens == 160  # shipped defaults, untouched
 
 
-def test_quick_run_covers_five_kinds_of_characters_and_every_control() -> None:
+def test_quick_run_compares_the_baseline_and_defaults_over_five_kinds_of_characters() -> None:
     run = plan(parse_args(["--quick"]))
-    assert run.systems == QUICK_SYSTEMS
-    assert {"gradio-ui", "defaults", "dry", "min_p", "penalty", "guard"} <= set(run.systems)
+    assert run.systems == QUICK_SYSTEMS == ("gradio-ui", "defaults")
     assert len(run.characters) >= 5 and run.turns >= 20
     assert all(len(SCRIPTS[name]) >= run.turns for name in run.characters)
+
+
+def test_full_run_has_every_control_alone_and_the_controls_can_run_by_themselves() -> None:
+    full = plan(parse_args([]))
+    assert {"gradio-ui", "defaults", "none", "dry", "min_p", "penalty", "guard"} == set(
+        full.systems)
+    assert len(full.characters) >= 8 and full.turns >= 30
+    controls = plan(parse_args(["--quick", "--systems", "none", "dry", "guard"]))
+    assert controls.systems == ("none", "dry", "guard")
 
 
 def test_the_baseline_and_the_defaults_run_first_for_every_character() -> None:

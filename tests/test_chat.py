@@ -176,6 +176,18 @@ async def test_a_reply_where_the_character_takes_another_name_is_resampled(
     assert reply.turn.text == "Hi! I'm Aria, your navigator."
 
 
+async def test_a_reply_of_bare_numbers_is_resampled_and_an_action_is_kept(
+    scripted: tuple[ChatService, ScriptedEngine],
+) -> None:
+    chat, engine = scripted
+    engine.script(" 12.50", " Twelve fifty, and the coffee's extra.")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "How much do you charge?")
+    assert reply.turn.text == "Twelve fifty, and the coffee's extra."
+    engine.script(" *nods slowly*")
+    reply = await chat.reply(CHANNEL, GUILD, SAM, "Deal?")
+    assert reply.turn.text == "*nods slowly*"
+
+
 async def test_the_turn_structure_and_speaker_names_are_dry_sequence_breakers(
     scripted: tuple[ChatService, ScriptedEngine],
 ) -> None:
