@@ -112,8 +112,14 @@ def other_names(reply: str, own_name: str) -> list[str]:
     return found
 
 
+def _shape(text: str) -> list[str]:
+    """The words a reader compares: any number reads as any other ("11 years younger" then
+    "14 years younger" is one reply said twice)."""
+    return ["<n>" if word.isdigit() else word for word in words(text)]
+
+
 def similarity(first: str, second: str) -> float:
-    a, b = words(first), words(second)
+    a, b = _shape(first), _shape(second)
     if not a or not b:
         return 0.0
     return SequenceMatcher(None, a, b, autojunk=False).ratio()
@@ -121,12 +127,13 @@ def similarity(first: str, second: str) -> float:
 
 def repeats(reply: str, earlier: Sequence[str],
             threshold: float = NEAR_DUPLICATE_SIMILARITY) -> bool:
-    """Whether `reply` nearly repeats one of `earlier`; a short reply only word for word."""
-    said = words(reply)
+    """Whether `reply` nearly repeats one of `earlier`; a short reply only word for word
+    (numbers aside)."""
+    said = _shape(reply)
     if not said:
         return False
     if len(said) < SHORT_REPLY_WORDS:
-        return any(words(previous) == said for previous in earlier)
+        return any(_shape(previous) == said for previous in earlier)
     return any(similarity(reply, previous) >= threshold for previous in earlier)
 
 

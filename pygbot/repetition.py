@@ -21,11 +21,19 @@ RECENT_REPLIES = 5  # a new reply is compared with the character's last this-man
 MIN_WORDS_FOR_SIMILARITY = 4
 
 _WORD = re.compile(r"[\w'’]+")
+_NUMBER = re.compile(r"\d+")
 _SENTENCE = re.compile(r"[^.!?…\n]+(?:[.!?…]+[\"'”’)*]*|\n|$)")
 
 
 def words(text: str) -> list[str]:
     return [word.casefold() for word in _WORD.findall(text)]
+
+
+def _compared_words(text: str) -> list[str]:
+    """`words`, with every number as one placeholder: "12 years younger" after "30 years
+    younger" is the same reply said again (a template loop a small model falls into once a
+    number has answered), though no two numbers match."""
+    return ["#" if _NUMBER.fullmatch(word) else word for word in words(text)]
 
 
 def sentences(text: str) -> list[str]:
@@ -69,8 +77,9 @@ def _repeated_ngram_at(text: str) -> int:
 
 
 def similarity(first: str, second: str) -> float:
-    """0..1 overlap of the two texts' word sequences (difflib's ratio on words)."""
-    a, b = words(first), words(second)
+    """0..1 overlap of the two texts' word sequences (difflib's ratio on words; numbers
+    count as equal)."""
+    a, b = _compared_words(first), _compared_words(second)
     if not a or not b:
         return 0.0
     return SequenceMatcher(None, a, b, autojunk=False).ratio()
@@ -78,10 +87,11 @@ def similarity(first: str, second: str) -> float:
 
 def max_similarity(reply: str, earlier: Iterable[str]) -> float:
     """The highest similarity of `reply` to any of `earlier`; for a short reply, 1.0 when it
-    repeats one of them word for word and 0.0 otherwise."""
-    said = words(reply)
+    repeats one of them word for word (any number for any number) and 0.0 otherwise."""
+    said = _compared_words(reply)
     if len(said) < MIN_WORDS_FOR_SIMILARITY:
-        return 1.0 if said and any(words(previous) == said for previous in earlier) else 0.0
+        return 1.0 if said and any(_compared_words(previous) == said
+                                   for previous in earlier) else 0.0
     return max((similarity(reply, previous) for previous in earlier), default=0.0)
 
 

@@ -90,6 +90,11 @@ def test_a_short_reply_said_again_is_a_near_duplicate() -> None:
         [False, True, False, False]
 
 
+def test_a_reply_that_only_changes_a_number_is_a_near_duplicate() -> None:
+    assert near_duplicate_flags("", ["30 years younger", "12 years younger", "12 years older"]
+                                ) == [False, True, False]
+
+
 def test_short_replies_that_differ_are_not_duplicates_and_empties_are_skipped() -> None:
     assert near_duplicate_flags("", ["No.", None, "Nope.", "No, thanks."]) == \
         [False, False, False]

@@ -51,6 +51,14 @@ def test_a_short_reply_that_differs_from_every_recent_one_is_not_a_duplicate() -
     assert max_similarity("*nods*", []) == 0.0
 
 
+def test_a_short_reply_that_only_changes_a_number_is_a_near_duplicate() -> None:
+    recent = ["30 years younger", "Not a chance."]
+    assert is_near_duplicate("12 years younger", recent, 0.75)
+    assert is_near_duplicate("Call it 35 per day, all in.", ["Call it 20 per day, all in."], 0.75)
+    assert not is_near_duplicate("12 years older", recent, 0.75)
+    assert not is_near_duplicate("1990s music", ["1980s music"], 0.75)
+
+
 def test_only_the_last_five_replies_count_as_recent() -> None:
     recent = ["The kettle is whistling again, I should go get it."] + [
         f"Unrelated reply number {i} about something else entirely." for i in range(5)]
