@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 READY_LINE = "caught up on"  # ChatCog.catch_up logs it once connected, before answering
 STOPPED_LINE = "stopped cleanly"
 POLL_S = 0.05
-READY_TIMEOUT_S = 120.0  # importing torch and loading a model on a busy machine
+READY_TIMEOUT_S = 300.0  # start-up imports torch and loads a model: slow on a busy machine
 KIB_PER_MIB = 1024
 
 

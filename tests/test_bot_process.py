@@ -20,7 +20,11 @@ from tests.discord_emulator import Channel, User
 from tests.discord_harness import Server
 
 JSON = dict[str, Any]
-STOP_TIMEOUT_S = 60.0  # SHUTDOWN_GRACE_S is 8 s; the rest is a busy machine
+# The in-flight reply must be posted before the bot exits: a grace long enough for the tiny
+# model on a busy machine (the 8 s default was not always), so a stop that does not wait for
+# the reply still fails while a slow machine does not.
+SHUTDOWN_GRACE_S = 60.0
+STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 60.0
 ANSWER_TIMEOUT_S = 180.0
 SLOW_TYPING_S = 1.0  # how long Discord takes to acknowledge "typing" in the signal tests
 
@@ -28,7 +32,8 @@ SLOW_TYPING_S = 1.0  # how long Discord takes to acknowledge "typing" in the sig
 @pytest.fixture
 async def bot(server: Server, db_path: Path, tiny_model_dir: Path,
               tmp_path: Path) -> AsyncIterator[BotProcess]:
-    process = BotProcess(bot_environment(server.discord, tiny_model_dir, db_path),
+    process = BotProcess(bot_environment(server.discord, tiny_model_dir, db_path,
+                                         SHUTDOWN_GRACE_S=str(SHUTDOWN_GRACE_S)),
                          tmp_path / "bot.log")
     await process.start_and_wait_ready()
     try:
