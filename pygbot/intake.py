@@ -71,9 +71,9 @@ class Poster(Protocol):
 
     async def greeting(self, channel_id: int, turn: StoredTurn) -> None: ...
 
-    def stream(self, channel_id: int, answering: int) -> PartialListener | None:
-        """A listener that shows the reply to `answering` while it is generated, or None
-        when replies are not streamed."""
+    def stream(self, channel_id: int, answering: int, author_id: int) -> PartialListener | None:
+        """A listener that shows the reply to `answering` (by member `author_id`) while it
+        is generated, or None when replies are not streamed."""
         ...
 
     async def retract(self, channel_id: int) -> None:
@@ -283,7 +283,7 @@ class Intake:
         said = [Said(Author(m.author_id, m.author_name), m.text, m.message_id) for m in fresh]
         ids = frozenset(m.message_id for m in fresh)
         async with self._slots, self._poster.typing(channel_id):
-            on_partial = self._poster.stream(channel_id, latest.message_id)
+            on_partial = self._poster.stream(channel_id, latest.message_id, latest.author_id)
             made = asyncio.create_task(self._chat.answer(channel_id, latest.guild_id, said,
                                                          on_partial=on_partial))
             self._in_flight[channel_id] = (ids, made)

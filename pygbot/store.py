@@ -120,6 +120,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE custom_personas ADD COLUMN avatar BLOB;
     """,
+    # 5: channels where the character posts through a webhook under its own name and face
+    # (`told_missing`: the channel was told once that Manage Webhooks is missing).
+    """
+    CREATE TABLE webhook_channels (
+        channel_id    INTEGER PRIMARY KEY,
+        guild_id      INTEGER NOT NULL,
+        told_missing  INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum: 0 none, 1 full, 2 incremental
@@ -188,6 +197,13 @@ class IntakeMessage:
 @dataclass(frozen=True)
 class GuildSettings:
     allow_all_channels: bool = False  # False = converse only in age-restricted channels
+
+
+@dataclass(frozen=True)
+class WebhookPosting:
+    """A channel where the character posts through a webhook."""
+
+    told_missing: bool = False  # the channel heard once that Manage Webhooks is missing
 
 
 class Store:
@@ -581,6 +597,34 @@ class Store:
                 "excluded.allow_all_channels",
                 (guild_id, int(allowed)),
             )
+
+    # --- webhook posting ------------------------------------------------------------------------
+
+    async def webhook_posting(self, channel_id: int) -> WebhookPosting | None:
+        """How channel `channel_id` posts through a webhook; None when it does not."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT told_missing FROM webhook_channels WHERE channel_id = ?", (channel_id,)))
+        return WebhookPosting(told_missing=bool(rows[0][0])) if rows else None
+
+    async def set_webhook_posting(self, channel_id: int, guild_id: int, on: bool, *,
+                                  told_missing: bool = False) -> None:
+        async with self._transaction() as db:
+            if not on:
+                await db.execute("DELETE FROM webhook_channels WHERE channel_id = ?",
+                                 (channel_id,))
+                return
+            await db.execute(
+                "INSERT INTO webhook_channels (channel_id, guild_id, told_missing) "
+                "VALUES (?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET "
+                "told_missing = excluded.told_missing",
+                (channel_id, guild_id, int(told_missing)))
+
+    async def note_webhook_notice(self, channel_id: int, told_missing: bool) -> None:
+        """Remember whether the channel has been told that Manage Webhooks is missing."""
+        async with self._transaction() as db:
+            await db.execute("UPDATE webhook_channels SET told_missing = ? WHERE channel_id = ?",
+                             (int(told_missing), channel_id))
 
     # --- internals ------------------------------------------------------------------------------
 

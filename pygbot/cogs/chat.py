@@ -21,8 +21,10 @@ from discord.ext import commands
 
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
-from pygbot.cogs.reply_view import ReplyControls, shown
-from pygbot.discord_text import is_unfinished, render_mentions
+from pygbot.cogs.character_webhooks import CharacterWebhooks
+from pygbot.cogs.outlets import rewrite
+from pygbot.cogs.reply_view import ReplyControls
+from pygbot.discord_text import answered_message_id, is_unfinished, render_mentions
 from pygbot.intake import BACKLOG_NOTICE, DATABASE_FAILED_NOTICE, Admission, Intake
 from pygbot.ratelimit import MemberRateLimiter
 from pygbot.store import IntakeMessage, StoreError
@@ -40,8 +42,9 @@ RATE_LIMITED_NOTICE = ("You're writing faster than I can read, so I'll skip your
 class ChatCog(commands.Cog):
     def __init__(self, bot: commands.Bot, chat: ChatService, access: AccessPolicy, *,
                  intake: Intake, limiter: MemberRateLimiter, max_age_s: float,
-                 streaming: bool) -> None:
+                 streaming: bool, webhooks: CharacterWebhooks) -> None:
         self.bot = bot
+        self.webhooks = webhooks
         self.chat = chat
         self.access = access
         self.intake = intake
@@ -139,13 +142,14 @@ class ChatCog(commands.Cog):
         found = 0
         async for message in channel.history(limit=CATCH_UP_MESSAGES, after=after,
                                              oldest_first=True):
-            if me is not None and message.author.id == me.id:
+            if (me is not None and message.author.id == me.id) \
+                    or await self.webhooks.posted(message) is not None:
                 if is_unfinished(message.content):
                     await self._tidy_unfinished(message)
                     continue
-                reference = message.reference
-                if reference is not None and reference.message_id is not None:
-                    await self.intake.reply_seen(reference.message_id, message.id)
+                answered = _answered(message)
+                if answered is not None:
+                    await self.intake.reply_seen(answered, message.id)
             elif (not message.author.bot and message.id not in self._seen_live
                   and await self._addressed_to_me(message)):
                 found += await self._take(message, live=False) is Admission.ACCEPTED
@@ -158,14 +162,15 @@ class ChatCog(commands.Cog):
         try:
             turn = await self.chat.shown_turn(message.id)
             if turn is None:
-                await message.delete()
+                await self.webhooks.delete_posted(message)
                 log.info("deleted unfinished reply %s in channel %s", message.id,
                          message.channel.id)
                 return
             latest = await self.chat.latest_reply(turn.channel_id)
             controls = (ReplyControls(self.chat, self.access, turn, streaming=self.streaming)
                         if latest is not None and latest.id == turn.id else None)
-            await message.edit(content=shown(turn.text), view=controls)
+            await self.webhooks.edit_posted(message, content=rewrite(message.content, turn.text),
+                                            view=controls)
         except discord.HTTPException as error:
             log.warning("could not tidy unfinished reply %s: %s", message.id, error)
 
@@ -206,8 +211,12 @@ class ChatCog(commands.Cog):
         reference = message.reference
         if reference is None or reference.message_id is None:
             return False
-        if isinstance(reference.resolved, discord.Message):
-            return reference.resolved.author.id == me.id
+        resolved = reference.resolved
+        if isinstance(resolved, discord.Message) and resolved.author.id == me.id:
+            return True
+        if isinstance(resolved, discord.Message) and resolved.webhook_id is None:
+            return False  # a member's or another bot's message
+        # The character's webhook posts, or a message Discord did not send along.
         return await self.chat.is_character_message(reference.message_id)
 
     async def _explain(self, message: discord.Message, text: str) -> None:
@@ -229,3 +238,12 @@ class ChatCog(commands.Cog):
             channel_names={channel.id: getattr(channel, "name", "channel")
                            for channel in message.channel_mentions},
         )
+
+
+def _answered(message: discord.Message) -> int | None:
+    """The member's message a reply of the character's answers: its native reply target, or
+    for a webhook post the message its header links to."""
+    reference = message.reference
+    if reference is not None and reference.message_id is not None:
+        return reference.message_id
+    return answered_message_id(message.content)

@@ -28,7 +28,7 @@ from pygbot.character_files import file_stem
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
 from pygbot.cogs.checks import refuse_unless_manager
-from pygbot.cogs.reply_view import ReplyControls, post_greeting
+from pygbot.cogs.posting import DiscordPoster
 from pygbot.library import BuiltInPersonaError, PersonaLibrary, UnknownPersonaError
 from pygbot.persona import NAME_MAX_CHARS, TEXT_MAX_CHARS, Persona, PersonaError
 from pygbot.prompt import PromptCost
@@ -49,10 +49,11 @@ FORM_FIELDS = ("persona", "scenario", "greeting", "example_dialogue")
 @app_commands.guild_only()
 class PersonaCog(commands.GroupCog, group_name="persona",
                  group_description="Choose and edit the character the bot plays"):
-    def __init__(self, chat: ChatService, access: AccessPolicy) -> None:
+    def __init__(self, chat: ChatService, access: AccessPolicy, poster: DiscordPoster) -> None:
         self.chat = chat
         self.library: PersonaLibrary = chat.library
         self.access = access
+        self.poster = poster
         super().__init__()
 
     @app_commands.command(name="list")
@@ -228,8 +229,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
     async def _retire(self, interaction: discord.Interaction, previous: StoredTurn) -> None:
         """Take the buttons off the previous character's last reply here. (In the server's
         other channels they are refused and taken off at their first click.)"""
-        if isinstance(interaction.channel, discord.abc.Messageable):
-            await ReplyControls.retire(interaction.channel, previous)
+        await self.poster.retire(interaction.channel_id or 0, previous)
 
     async def _greet(self, interaction: discord.Interaction) -> None:
         """Open the new character's conversation in this channel with its greeting."""
@@ -240,7 +240,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             return
         greeting = await self.chat.start_conversation(channel.id, interaction.guild_id or 0,
                                                       interaction.user.display_name)
-        await post_greeting(channel, greeting, self.chat, self.access)
+        await self.poster.greeting(channel.id, greeting)
 
     async def _named_or_active(self, interaction: discord.Interaction,
                                name: str | None) -> Persona | None:
