@@ -75,7 +75,7 @@ class PygBot(commands.Bot):
         await self.add_cog(ChatCog(self, services.chat, access, intake=self.intake,
                                    limiter=limiter, max_age_s=settings.pending_max_age_s,
                                    streaming=settings.stream_replies, webhooks=self.webhooks))
-        await self.add_cog(PersonaCog(services.chat, access, self.poster))
+        await self.add_cog(PersonaCog(services.chat, access, self.poster, self.webhooks))
         await self.add_cog(PrivacyCog(services.store))
         await self.add_cog(AdminCog(services.chat, services.store, services.worker, access,
                                     engine_lines(services.engine), poster=self.poster,

@@ -8,13 +8,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from pygbot.cogs.admin import WEBHOOK_PERMISSION_MISSING
 from pygbot.cogs.character_webhooks import MISSING_PERMISSION_NOTICE, WEBHOOK_NAME
 from pygbot.cogs.posting import DiscordPoster
 from pygbot.cogs.reply_view import NEXT_ID, PREVIOUS_ID, REGENERATE_ID, ReplyControls
-from pygbot.discord_text import STREAMING_MARK, split_header
+from pygbot.discord_text import (
+    STREAMING_MARK,
+    answer_header,
+    answered_message_id,
+    split_header,
+)
 from pygbot.store import Store, StoredTurn
 from tests.card_factory import b64, png_card, v2_card
 from tests.discord_emulator import Channel
@@ -302,3 +308,118 @@ async def import_and_play_mira(server: Server) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_two_characters_answer_in_turn_each_under_its_own_name(
+    server: Server, db_path: Path, quiet_bot: ScriptedEngine,
+) -> None:
+    assert "webhook" in await persona(server, "add", "Pip")  # only with webhook posting on
+    await webhook(server, "on")
+    assert "joins this channel" in await persona(server, "add", "Pip")
+
+    pip_line = await say(server, quiet_bot, server.mention("Pip, nice cap!"),
+                         " Thank you kindly, it is my finest.")
+    assert pip_line["author"]["username"] == "Pip"
+    aria_line = await say(server, quiet_bot, server.mention("Aria, what do you think?"),
+                          " I think Pip is showing off.")
+    assert aria_line["author"]["username"] == "Aria"
+    assert aria_line["webhook_id"] == pip_line["webhook_id"]  # one webhook, two faces
+    # Aria reads Pip's line under Pip's name, and stops where Pip (or the member) would talk.
+    asked_aria = quiet_bot.requests[-1]
+    assert "\nPip: Thank you kindly, it is my finest.\n" in asked_aria.prompt
+    assert asked_aria.prompt.endswith("\nAria:")
+    assert "\nPip:" in asked_aria.stop_strings and "\nYou:" in asked_aria.stop_strings
+
+    # Replying to Pip's message (no mention, no name) is talking to Pip.
+    reply_to_pip = await say(server, quiet_bot, "*laughs* really?", " Truly, friend.",
+                             reply_to=pip_line)
+    assert reply_to_pip["author"]["username"] == "Pip"
+    asked_pip = quiet_bot.requests[-1]
+    assert "\nAria: I think Pip is showing off.\n" in asked_pip.prompt
+    assert asked_pip.prompt.endswith("\nPip:") and "\nAria:" in asked_pip.stop_strings
+    # Naming a character is enough where several talk.
+    named = await say(server, quiet_bot, "thanks, aria", " Any time.")
+    assert named["author"]["username"] == "Aria"
+
+    turns = await stored(db_path, server.roleplay.id)
+    assert [t.name for t in turns if t.role == "character"][-4:] == ["Pip", "Aria", "Pip",
+                                                                     "Aria"]
+
+    # 🔄 on Aria's line asks Aria again.
+    await recorded(db_path, server.roleplay.id, named)
+    quiet_bot.script(" Always.")
+    click = await server.discord.click_button(named, REGENERATE_ID, server.member)
+    await click.response()
+    await eventually(lambda: _async(body(server.discord.message(named)) == "Always."))
+    assert quiet_bot.requests[-1].prompt.endswith("\nAria:")
+
+    assert "leaves this channel" in await persona(server, "remove", "Pip")
+    back_to_one = await say(server, quiet_bot, server.mention("Pip?"), " Pip has gone.")
+    assert back_to_one["author"]["username"] == "Aria"
+
+
+async def test_a_channel_holds_at_most_the_configured_number_of_characters(
+    server: Server, db_path: Path, scripted: ScriptedEngine,
+) -> None:
+    settings = bot_settings(server, db_path, max_characters_per_channel=2)
+    async with bot_with_engine(server, settings, scripted):
+        await webhook(server, "on")
+        assert "joins" in await persona(server, "add", "Pip")
+        assert "MAX_CHARACTERS_PER_CHANNEL" in await persona(server, "add", "Rook")
+        # Switching posting off sends the extra character away: one character, one account.
+        await webhook(server, "off")
+        await webhook(server, "on")
+        assert "joins" in await persona(server, "add", "Rook")
+
+
+async def persona(server: Server, action: str, name: str) -> str:
+    handle = await server.discord.run_slash_command(server.roleplay, server.admin,
+                                                    f"persona {action}", {"name": name})
+    await handle.response()
+    assert handle.message is not None
+    return str(handle.message["content"])
+
+
+async def say(server: Server, engine: ScriptedEngine, text: str, answer: str,
+              reply_to: JSON | None = None) -> JSON:
+    engine.script(answer)
+    asked = await server.discord.send_message(server.roleplay, server.member, text,
+                                              reply_to=reply_to)
+    return await character_post(server, server.roleplay, after=asked, text=answer.strip())
+
+
+async def test_a_webhook_reply_a_crash_left_half_streamed_is_removed_and_answered_again(
+    server: Server, db_path: Path, scripted: ScriptedEngine,
+) -> None:
+    discord = server.discord
+    settings = bot_settings(server, db_path)
+    async with bot_with_engine(server, settings, scripted):
+        await webhook(server, "on")
+        await ask(server, scripted, "hello", " Welcome back.")
+    scripted.script(" Yes, I am here.")
+    [hook] = discord.webhooks(server.roleplay)
+    # While the bot is down: a mention, and what a crash mid-stream left behind.
+    asked = await discord.send_message(server.roleplay, server.member,
+                                       server.mention("are you there?"))
+    header = answer_header(server.member.id, server.guild.id, server.roleplay.id,
+                           int(asked["id"]))
+    async with aiohttp.ClientSession() as session:
+        url = f"{discord.base_url}/webhooks/{hook.id}/{hook.token}?wait=1"
+        async with session.post(url, json={"content": header + "Yes, I am" + STREAMING_MARK,
+                                           "username": "Aria"}) as response:
+            leftover = await response.json()
+    async with bot_with_engine(server, settings, scripted):
+        final = await character_post(server, server.roleplay, after=asked,
+                                     text="Yes, I am here.")
+        await eventually(lambda: _async(discord.message(leftover)["deleted"]))
+    assert final["content"].startswith(header)
+
+
+def test_the_answer_header_names_the_member_and_links_the_message() -> None:
+    header = answer_header(5, 1, 2, 3)
+    assert header == "-# ↪ <@5> · [message](<https://discord.com/channels/1/2/3>)\n"
+    assert split_header(header + "Hi.\nMore.") == (header, "Hi.\nMore.")
+    assert split_header("Hi.\n-# ↪ not a header") == ("", "Hi.\n-# ↪ not a header")
+    assert answered_message_id(header + "Hi.") == 3
+    assert answered_message_id(answer_header(None, 1, 2, 4)) == 4
+    assert answered_message_id("Hi. https://discord.com/channels/1/2/3") is None

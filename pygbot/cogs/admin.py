@@ -116,8 +116,11 @@ class AdminCog(commands.Cog):
         guild_id = interaction.guild_id or 0
         if state == "off":
             await self.webhooks.disable(parent.id, guild_id)
+            # Several characters need their own names and faces: only the main one stays.
+            await self.chat.roster.clear(parent.id)
             await interaction.response.send_message(
-                f"The character replies from my own account in {parent.mention} again.")
+                f"The character replies from my own account in {parent.mention} again"
+                " (characters added with `/persona add` left; the main one stays).")
             return
         # Told here, to the admin, rather than once more in the channel later.
         missing = not interaction.app_permissions.manage_webhooks

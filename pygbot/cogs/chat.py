@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import sqlite3
 import time
 
@@ -27,6 +28,7 @@ from pygbot.cogs.reply_view import ReplyControls
 from pygbot.discord_text import answered_message_id, is_unfinished, render_mentions
 from pygbot.intake import BACKLOG_NOTICE, DATABASE_FAILED_NOTICE, Admission, Intake
 from pygbot.ratelimit import MemberRateLimiter
+from pygbot.roster import Roster
 from pygbot.store import IntakeMessage, StoreError
 
 log = logging.getLogger(__name__)
@@ -179,12 +181,13 @@ class ChatCog(commands.Cog):
     async def _take(self, message: discord.Message, live: bool) -> Admission | None:
         """Hand `message` to the intake; None when it could not even be recorded."""
         author = message.author
+        character = await self._addressee(message)
         incoming = IntakeMessage(
             message_id=message.id, channel_id=message.channel.id,
             guild_id=message.guild.id if message.guild else 0, author_id=author.id,
             author_name=author.display_name,
-            text=await self._as_text(message) or EMPTY_MENTION_TEXT,
-            created_at=message.created_at.timestamp())
+            text=await self._as_text(message, character) or EMPTY_MENTION_TEXT,
+            created_at=message.created_at.timestamp(), character=character)
         try:
             admission = await self.intake.accept(incoming)
         except (StoreError, sqlite3.Error) as error:
@@ -208,16 +211,49 @@ class ChatCog(commands.Cog):
             return False
         if me in message.mentions or message.guild is None:
             return True
+        if await self._replies_to_character(message, me.id):
+            return True
+        # Where several characters talk, naming one of them is enough.
+        cast = await self._cast(message)
+        return cast is not None and cast.names_someone(self._without_me(message.content))
+
+    async def _replies_to_character(self, message: discord.Message, my_id: int) -> bool:
         reference = message.reference
         if reference is None or reference.message_id is None:
             return False
         resolved = reference.resolved
-        if isinstance(resolved, discord.Message) and resolved.author.id == me.id:
+        if isinstance(resolved, discord.Message) and resolved.author.id == my_id:
             return True
         if isinstance(resolved, discord.Message) and resolved.webhook_id is None:
             return False  # a member's or another bot's message
         # The character's webhook posts, or a message Discord did not send along.
         return await self.chat.is_character_message(reference.message_id)
+
+    async def _cast(self, message: discord.Message) -> Roster | None:
+        """The channel's characters where several may answer (posting through a webhook,
+        with characters that joined); None where only the main one talks."""
+        if message.guild is None or not await self.webhooks.is_on(message.channel.id):
+            return None
+        roster = await self.chat.roster.roster(message.guild.id, message.channel.id)
+        return roster if roster.joined else None
+
+    async def _addressee(self, message: discord.Message) -> str | None:
+        """The name of the character `message` addresses (see pygbot.roster); None: the
+        channel's main character."""
+        cast = await self._cast(message)
+        if cast is None:
+            return None
+        replied_to = None
+        reference = message.reference
+        if reference is not None and reference.message_id is not None:
+            turn = await self.chat.shown_turn(reference.message_id)
+            replied_to = turn.name if turn is not None and turn.role == "character" else None
+        return cast.addressed(self._without_me(message.content), replied_to).name
+
+    def _without_me(self, content: str) -> str:
+        """`content` without mentions of the bot (which speaks for every character)."""
+        me = self.bot.user
+        return re.sub(rf"<@!?{me.id}>", "", content).strip() if me is not None else content
 
     async def _explain(self, message: discord.Message, text: str) -> None:
         try:
@@ -225,14 +261,19 @@ class ChatCog(commands.Cog):
         except discord.HTTPException as error:
             log.warning("could not post a notice in channel %s: %s", message.channel.id, error)
 
-    async def _as_text(self, message: discord.Message) -> str:
+    async def _as_text(self, message: discord.Message, character: str | None = None) -> str:
+        """The message as the character reads it: a mention of the bot is the name of the
+        character addressed (`character`, else the channel's main one)."""
         me = self.bot.user
         guild = message.guild
-        persona = await self.chat.library.active(guild.id if guild else 0, message.channel.id)
+        if character is None:
+            persona = await self.chat.library.active(guild.id if guild else 0,
+                                                     message.channel.id)
+            character = persona.name
         return render_mentions(
             message.content,
             bot_user_id=me.id if me else 0,
-            character_name=persona.name,
+            character_name=character,
             user_names={user.id: user.display_name for user in message.mentions},
             role_names={role.id: role.name for role in message.role_mentions},
             channel_names={channel.id: getattr(channel, "name", "channel")

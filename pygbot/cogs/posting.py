@@ -99,28 +99,34 @@ class DiscordPoster:
         except (discord.HTTPException, discord.ClientException) as error:
             log.debug("could not retire buttons on message %s: %s", turn.message_id, error)
 
-    def stream(self, channel_id: int, answering: int, author_id: int) -> PartialListener | None:
-        """A listener that shows the reply to `answering` (by member `author_id`) while it is
-        generated (None when STREAM_REPLIES is off); `reply` or `retract` ends it."""
+    def stream(self, channel_id: int, answering: int, author_id: int,
+               character: str | None) -> PartialListener | None:
+        """A listener that shows the reply of `character` (None: the main one) to
+        `answering` (by member `author_id`) while it is generated (None when STREAM_REPLIES
+        is off); `reply` or `retract` ends it."""
         if not self._streaming:
             return None
 
         async def open_outlet() -> Outlet:
-            return await self._outlet(channel_id, answering, None, author_id)
+            speaker = await self._speaker(channel_id, character)
+            return await self._outlet(channel_id, answering, speaker, author_id)
 
         live = LiveReply(open_outlet, channel_id, answering, self.stream_interval_s)
         self._live[channel_id] = live
         return live.show
 
-    async def _outlet(self, channel_id: int, answering: int | None, character: str | None,
+    async def _speaker(self, channel_id: int, addressed: str | None) -> str:
+        """The character that answers: the one addressed if it is still in the channel,
+        else the channel's main one (as `ChatService.answer` decides)."""
+        guild = getattr(self.channel(channel_id), "guild", None)
+        roster = await self._chat.roster.roster(guild.id if guild else 0, channel_id)
+        return (roster.get(addressed) or roster.main).name
+
+    async def _outlet(self, channel_id: int, answering: int | None, character: str,
                       member_id: int | None = None) -> Outlet:
-        """Where the character's message goes; `character` None: the one playing now;
-        `member_id` None: the author of `answering`, as stored."""
+        """Where `character`'s message goes; `member_id` None: the author of `answering`,
+        as stored."""
         channel = self.channel(channel_id)
-        if character is None:
-            guild = getattr(channel, "guild", None)
-            persona = await self._chat.library.active(guild.id if guild else 0, channel_id)
-            character = persona.name
         if answering is not None and member_id is None:
             answered = await self._chat.shown_turn(answering)
             member_id = answered.author_id if answered is not None else None

@@ -146,11 +146,11 @@ class ReplyControls(discord.ui.View):
         return None
 
     async def _still_playing(self, interaction: discord.Interaction, turn: StoredTurn) -> bool:
-        """Whether the character of `turn` is still the one playing here: after a switch
+        """Whether the character of `turn` is still one playing here: after a switch
         (perhaps server-wide, from another channel) its replies belong to an old conversation."""
-        active = await self.chat.library.active(interaction.guild_id or 0,
-                                                interaction.channel_id)
-        return active.name == turn.name
+        roster = await self.chat.roster.roster(interaction.guild_id or 0,
+                                               interaction.channel_id or 0)
+        return turn.name in roster.names
 
     async def _allowed(self, interaction: discord.Interaction) -> bool:
         channel = interaction.channel
