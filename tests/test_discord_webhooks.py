@@ -316,6 +316,12 @@ async def test_two_characters_answer_in_turn_each_under_its_own_name(
     assert "webhook" in await persona(server, "add", "Pip")  # only with webhook posting on
     await webhook(server, "on")
     assert "joins this channel" in await persona(server, "add", "Pip")
+    status = await server.discord.run_slash_command(server.roleplay, server.member,
+                                                    "pygbot status")
+    await status.response()
+    assert status.message is not None
+    assert "**Character:** Aria (with Pip)" in status.message["content"]
+    assert "**Posting here:** as the character (webhook)" in status.message["content"]
 
     pip_line = await say(server, quiet_bot, server.mention("Pip, nice cap!"),
                          " Thank you kindly, it is my finest.")
@@ -423,3 +429,23 @@ def test_the_answer_header_names_the_member_and_links_the_message() -> None:
     assert answered_message_id(header + "Hi.") == 3
     assert answered_message_id(answer_header(None, 1, 2, 4)) == 4
     assert answered_message_id("Hi. https://discord.com/channels/1/2/3") is None
+
+
+async def test_a_stale_button_on_a_webhook_message_is_refused_and_taken_off(
+    server: Server, db_path: Path, quiet_bot: ScriptedEngine,
+) -> None:
+    await webhook(server, "on")
+    reply = await ask(server, quiet_bot, "hi", " Hello.")
+    await recorded(db_path, server.roleplay.id, reply)
+    # A server-wide switch from another channel: this channel's last reply is left with
+    # buttons that now belong to an old conversation.
+    switch = await server.discord.run_slash_command(server.roleplay_two, server.admin,
+                                                    "persona switch", {"name": "Pip"})
+    await switch.response()
+    assert server.discord.message(reply)["components"]
+    click = await server.discord.click_button(reply, REGENERATE_ID, server.member)
+    [refusal] = await click.wait_for_followups(1)
+    assert refusal["content"].startswith("Only the character's newest reply")
+    assert refusal["flags"] & 64  # only the member sees it
+    assert server.discord.message(reply)["components"] == []
+    assert server.discord.message(reply)["content"] == reply["content"]

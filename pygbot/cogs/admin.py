@@ -72,12 +72,13 @@ class AdminCog(commands.Cog):
     async def status(self, interaction: discord.Interaction) -> None:
         """Show the engine, model, queue and speed."""
         stats = self.worker.stats()
-        persona = await self.chat.library.active(interaction.guild_id or 0,
-                                                 interaction.channel_id)
+        roster = await self.chat.roster.roster(interaction.guild_id or 0,
+                                               interaction.channel_id or 0)
         settings = await self.store.guild_settings(interaction.guild_id or 0)
         lines = [
             *self.engine_lines(),
-            f"**Character:** {persona.name}",
+            f"**Character:** {roster.main.name}" + (
+                f" (with {', '.join(p.name for p in roster.joined)})" if roster.joined else ""),
             f"**Queue:** {self.worker.depth} waiting or generating",
             f"**Speed:** {stats.tokens_per_second:.1f} tokens/s over {stats.requests} replies",
             "**Channels:** " + ("all channels" if settings.allow_all_channels

@@ -32,7 +32,7 @@ from pygbot.cogs.outlets import (
     WebhookTarget,
 )
 from pygbot.library import PersonaLibrary
-from pygbot.store import Store
+from pygbot.store import Store, WebhookPosting
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,25 @@ class CharacterWebhooks:
         self._library = library
         self._hooks: dict[int, discord.Webhook] = {}  # parent channel id -> its webhook
         self._wearing: dict[int, str] = {}  # webhook id -> key of the picture it wears
+        # Parent channel id -> its setting as stored: every message in every channel asks
+        # whether it may address several characters, so the answer is kept in memory. Only
+        # this process changes the settings of its servers' channels.
+        self._settings: dict[int, WebhookPosting | None] = {}
 
     # --- the setting ---------------------------------------------------------------------------
 
     async def enable(self, channel_id: int, guild_id: int, *, told_missing: bool) -> None:
+        self._settings.pop(channel_id, None)
         await self._store.set_webhook_posting(channel_id, guild_id, True,
                                               told_missing=told_missing)
 
     async def disable(self, channel_id: int, guild_id: int) -> None:
+        self._settings.pop(channel_id, None)
         await self._store.set_webhook_posting(channel_id, guild_id, False)
 
     async def is_on(self, channel_id: int) -> bool:
         parent = await self._parent_id(channel_id)
-        return parent is not None and await self._store.webhook_posting(parent) is not None
+        return parent is not None and await self._setting(parent) is not None
 
     # --- posting -------------------------------------------------------------------------------
 
@@ -96,7 +102,7 @@ class CharacterWebhooks:
         parent = channel.parent if isinstance(channel, discord.Thread) else channel
         if not isinstance(parent, discord.TextChannel):
             return None  # DMs, forums, voice chats: no channel webhook to use
-        posting = await self._store.webhook_posting(parent.id)
+        posting = await self._setting(parent.id)
         if posting is None:
             return None
         try:
@@ -109,7 +115,7 @@ class CharacterWebhooks:
             log.warning("no webhook in channel %s: %s", parent.id, error)
             return None
         if posting.told_missing:  # it works again: a later loss is worth saying again
-            await self._store.note_webhook_notice(parent.id, False)
+            await self._note_told(parent.id, False)
         thread = channel if isinstance(channel, discord.Thread) else None
         return WebhookTarget(webhook, thread, parent.guild.id, channel.id)
 
@@ -231,7 +237,16 @@ class CharacterWebhooks:
         except discord.HTTPException as error:
             log.warning("could not say that Manage Webhooks is missing: %s", error)
             return
-        await self._store.note_webhook_notice(parent_id, True)
+        await self._note_told(parent_id, True)
+
+    async def _setting(self, parent_id: int) -> WebhookPosting | None:
+        if parent_id not in self._settings:
+            self._settings[parent_id] = await self._store.webhook_posting(parent_id)
+        return self._settings[parent_id]
+
+    async def _note_told(self, parent_id: int, told: bool) -> None:
+        self._settings.pop(parent_id, None)
+        await self._store.note_webhook_notice(parent_id, told)
 
     async def _parent_id(self, channel_id: int) -> int | None:
         channel = await self._channel(channel_id)

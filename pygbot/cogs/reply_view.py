@@ -140,6 +140,12 @@ class ReplyControls(discord.ui.View):
         if message is not None and latest is not None and latest.message_id == message.id \
                 and await self._still_playing(interaction, latest):
             return latest
+        if message is not None and message.webhook_id is not None:
+            # The character's webhook posted it: the bot's own account may not edit it, but
+            # the click's answer may (it edits the message the button sits on).
+            await interaction.response.edit_message(view=None)
+            await interaction.followup.send(NOT_NEWEST, ephemeral=True)
+            return None
         await interaction.response.send_message(NOT_NEWEST, ephemeral=True)
         if message is not None:
             await _remove_buttons(message)
