@@ -4,6 +4,7 @@ threads, restarts, a missing permission) keeps working as members expect."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from pygbot.discord_text import (
     answered_message_id,
     split_header,
 )
-from pygbot.store import Store, StoredTurn
+from pygbot.store import IntakeMessage, Store, StoredTurn
 from tests.card_factory import b64, png_card, v2_card
 from tests.discord_emulator import Channel
 from tests.discord_harness import Server, bot_settings, bot_with_engine, eventually
@@ -449,3 +450,27 @@ async def test_a_stale_button_on_a_webhook_message_is_refused_and_taken_off(
     assert refusal["flags"] & 64  # only the member sees it
     assert server.discord.message(reply)["components"] == []
     assert server.discord.message(reply)["content"] == reply["content"]
+
+
+async def test_a_message_to_a_character_waiting_over_a_restart_is_answered_by_it(
+    server: Server, db_path: Path, scripted: ScriptedEngine,
+) -> None:
+    settings = bot_settings(server, db_path, stream_replies=False)
+    async with bot_with_engine(server, settings, scripted):
+        await webhook(server, "on")
+        await persona(server, "add", "Pip")
+    # Recorded for Pip (a reply to Pip's line, say) just before the bot stopped: the intake
+    # keeps whom it addressed. Read afresh, the text alone would go to the main character.
+    asked = await server.discord.send_message(server.roleplay, server.member,
+                                              server.mention("still there?"))
+    async with await Store.open(db_path) as store:
+        assert await store.record_intake(IntakeMessage(
+            message_id=int(asked["id"]), channel_id=server.roleplay.id,
+            guild_id=server.guild.id, author_id=server.member.id, author_name="Bob",
+            text="still there?", created_at=time.time(), character="Pip"))
+    scripted.script(" Always, friend.")
+    async with bot_with_engine(server, settings, scripted):
+        reply = await character_post(server, server.roleplay, after=asked,
+                                     text="Always, friend.")
+    assert reply["author"]["username"] == "Pip"
+    assert scripted.requests[-1].prompt.endswith("\nPip:")
