@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 from pygbot.config import Settings
@@ -30,6 +30,7 @@ from pygbot.prompt import (
 )
 from pygbot.repetition import RECENT_REPLIES, max_similarity
 from pygbot.reply_text import final_reply, has_no_words, visible_reply
+from pygbot.roster import ChannelRoster, Roster
 from pygbot.store import NewTurn, Store, StoredTurn
 from pygbot.streaming import PartialListener, TextRelay
 from pygbot.worker import Worker
@@ -94,6 +95,7 @@ class ChatConfig:
     repetition_retries: int = _DEFAULTS.repetition_retries
     near_duplicate_threshold: float = _DEFAULTS.near_duplicate_threshold
     repetition_window_tokens: int = _DEFAULTS.repetition_window_tokens
+    max_characters_per_channel: int = _DEFAULTS.max_characters_per_channel
 
     @classmethod
     def from_settings(
@@ -120,6 +122,7 @@ class ChatConfig:
             repetition_retries=settings.repetition_retries,
             near_duplicate_threshold=settings.near_duplicate_threshold,
             repetition_window_tokens=settings.repetition_window_tokens,
+            max_characters_per_channel=settings.max_characters_per_channel,
         )
 
     @property
@@ -153,12 +156,19 @@ class ChatService:
         self._count_tokens = count_tokens
         self._config = config
         self._rng = random.Random(seed)
+        self._roster = ChannelRoster(store, library, config.max_characters_per_channel)
         # One reply at a time per channel keeps turns in order; channels run side by side.
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @property
     def library(self) -> PersonaLibrary:
         return self._library
+
+    @property
+    def roster(self) -> ChannelRoster:
+        """The characters each channel holds (several where the character posts through a
+        webhook; see pygbot.roster)."""
+        return self._roster
 
     def prompt_cost(self, persona: Persona) -> PromptCost:
         """What `persona` costs in every prompt, against this model's context."""
@@ -171,8 +181,8 @@ class ChatService:
         """Store the active character's greeting if the channel's conversation is new;
         `{{user}}` in it is `member_name` (the member who opened it), if known."""
         async with self._locks[channel_id]:
-            persona = await self._library.active(guild_id, channel_id)
-            return await self._greet_if_new(channel_id, persona, member_name)
+            roster = await self._roster.roster(guild_id, channel_id)
+            return await self._greet_if_new(channel_id, roster, member_name)
 
     async def reply(
         self, channel_id: int, guild_id: int, author: Author, text: str,
@@ -189,21 +199,25 @@ class ChatService:
                                  on_partial=on_partial)
 
     async def answer(self, channel_id: int, guild_id: int, said: Sequence[Said], *,
-                     on_partial: PartialListener | None = None) -> ChatReply:
+                     on_partial: PartialListener | None = None,
+                     character: str | None = None) -> ChatReply:
         """One reply to messages that arrived together: all of them go into memory in order,
         and the reply answers the latest. They and the reply are stored in one transaction.
-        `on_partial` streams it as in `reply`."""
+        `on_partial` streams it as in `reply`. `character` is the one of the channel's
+        characters that answers (None, or one no longer here: the main one)."""
         if not said:
             raise ValueError("answer() needs at least one message")
         async with self._locks[channel_id]:
-            persona = await self._library.active(guild_id, channel_id)
+            roster = await self._roster.roster(guild_id, channel_id)
+            persona = roster.get(character) or roster.main
             member = said[-1].author.display_name
-            greeting = await self._greet_if_new(channel_id, persona, member)
-            history = await self._conversation(channel_id, persona)
+            greeting = await self._greet_if_new(channel_id, roster, member)
+            history = await self._conversation(channel_id, roster.names)
             turns = [*self._turns(history, persona),
                      *(self._turn(m.author.display_name, m.text, persona) for m in said)]
             reply_text = await self._generate(channel_id, _for_member(persona, member), turns,
-                                              _character_texts(history), on_partial)
+                                              _character_texts(history), on_partial,
+                                              others=_others(roster, persona))
             *user_turns, turn = await self._store.add_turns(channel_id, [
                 *(NewTurn("user", m.author.display_name, m.text, m.author.id, m.message_id)
                   for m in said),
@@ -216,10 +230,11 @@ class ChatService:
         """A new alternative for the character's latest reply; it becomes the one remembered.
         `on_partial` streams it as in `reply`."""
         async with self._locks[channel_id]:
-            persona = await self._library.active(guild_id, channel_id)
-            history = await self._conversation(channel_id, persona)
+            roster = await self._roster.roster(guild_id, channel_id)
+            history = await self._conversation(channel_id, roster.names)
             if len(history) < 2 or history[-1].role != "character" or history[-2].role != "user":
                 raise NothingToRegenerateError("there is no reply to regenerate here")
+            persona = roster.get(history[-1].name) or roster.main
             if self._greedy:
                 raise GreedyRegenerateError(
                     "TEMPERATURE=0 is greedy decoding, which writes the same reply every time; "
@@ -228,7 +243,8 @@ class ChatService:
             earlier = history[:-1]
             avoid = [*_character_texts(earlier), *latest.alternatives]
             reply_text = await self._generate(channel_id, _for_member(persona, history[-2].name),
-                                              self._turns(earlier, persona), avoid, on_partial)
+                                              self._turns(earlier, persona), avoid, on_partial,
+                                              others=_others(roster, persona))
             return await self._store.add_alternative(latest.id, reply_text)
 
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
@@ -266,8 +282,8 @@ class ChatService:
         async with self._locks[channel_id]:
             removed = await self._store.clear_channel(channel_id)
             log.info("reset channel %s: %d turns forgotten", channel_id, removed)
-            persona = await self._library.active(guild_id, channel_id)
-            return await self._greet_if_new(channel_id, persona, member_name)
+            roster = await self._roster.roster(guild_id, channel_id)
+            return await self._greet_if_new(channel_id, roster, member_name)
 
     async def attach_message(self, turn_id: int, message_id: int) -> None:
         """Remember which Discord message shows a turn, so edits and deletes can follow it."""
@@ -281,10 +297,11 @@ class ChatService:
 
     # --- internals -----------------------------------------------------------------------------
 
-    async def _greet_if_new(self, channel_id: int, persona: Persona,
+    async def _greet_if_new(self, channel_id: int, roster: Roster,
                             member_name: str | None) -> StoredTurn | None:
-        """The greeting, with a card's alternate greetings as its swipes."""
-        if await self._conversation(channel_id, persona) or not persona.greeting:
+        """The main character's greeting, with a card's alternate greetings as its swipes."""
+        persona = roster.main
+        if await self._conversation(channel_id, roster.names) or not persona.greeting:
             return None
         first, *others = _for_member(persona, member_name).greetings
         [greeting] = await self._store.add_turns(
@@ -292,17 +309,22 @@ class ChatService:
                                  more_alternatives=tuple(others))])
         return greeting
 
-    async def _conversation(self, channel_id: int, persona: Persona) -> list[StoredTurn]:
-        """The channel's turns since `persona` took over: a switch starts a new conversation."""
+    async def _conversation(self, channel_id: int, names: Collection[str]) -> list[StoredTurn]:
+        """The channel's turns since its characters (`names`) took over: a switch starts a
+        new conversation."""
         history = await self._store.history(channel_id, HISTORY_ROWS)
         for index in range(len(history) - 1, -1, -1):
             turn = history[index]
-            if turn.role == "character" and turn.name != persona.name:
+            if turn.role == "character" and turn.name not in names:
                 return history[index + 1:]
         return history
 
     def _turns(self, history: Sequence[StoredTurn], persona: Persona) -> list[Turn]:
-        return [Turn(persona.name, turn.text, is_character=True) if turn.role == "character"
+        """The conversation as `persona` sees it: its own lines, the other characters' under
+        their names, the members' as `You` or their names."""
+        return [Turn(persona.name, turn.text, is_character=True)
+                if turn.role == "character" and turn.name == persona.name
+                else Turn(turn.name, turn.text) if turn.role == "character"
                 else self._turn(turn.name, turn.text, persona) for turn in history]
 
     def _turn(self, display_name: str, text: str, persona: Persona) -> Turn:
@@ -312,14 +334,16 @@ class ChatService:
 
     async def _generate(
         self, channel_id: int, persona: Persona, turns: Sequence[Turn], recent: Sequence[str],
-        on_partial: PartialListener | None = None,
+        on_partial: PartialListener | None = None, *, others: Sequence[str] = (),
     ) -> str:
         """Sample a reply; resample one that has the character use another name and, with the
         guard on, trim loops and resample near-duplicates. A reply that fails every try is
-        not posted."""
+        not posted. `others`: the channel's other characters, whose turns end the reply too
+        (even before they have spoken)."""
         config = self._config
-        prompt = build_prompt(persona, turns, config.prompt_budget, self._count_tokens,
-                              config.repetition_window_tokens)
+        prompt = _with_speakers(build_prompt(persona, turns, config.prompt_budget,
+                                             self._count_tokens,
+                                             config.repetition_window_tokens), others)
         # A greedy resample is the same text again: one try is all there is.
         attempts = 1 if self._greedy else 1 + config.repetition_retries
         rejected = False
@@ -402,6 +426,19 @@ def _for_member(persona: Persona, display_name: str | None) -> Persona:
     display name can never open a turn of its own)."""
     label = speaker_label(display_name, persona.name) if display_name else YOU
     return persona.for_member(label)
+
+
+def _others(roster: Roster, persona: Persona) -> list[str]:
+    return [name for name in roster.names if name != persona.name]
+
+
+def _with_speakers(prompt: RenderedPrompt, names: Sequence[str]) -> RenderedPrompt:
+    """`prompt` whose reply also ends where any of `names` would start a turn."""
+    new = [name for name in names if name not in prompt.speakers]
+    if not new:
+        return prompt
+    return replace(prompt, speakers=(*prompt.speakers, *new),
+                   stop_strings=(*prompt.stop_strings, *(f"\n{name}:" for name in new)))
 
 
 def _character_texts(history: Sequence[StoredTurn]) -> list[str]:

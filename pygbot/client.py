@@ -17,6 +17,7 @@ from discord.ext import commands
 from pygbot.app import Services
 from pygbot.cogs.access import AccessPolicy
 from pygbot.cogs.admin import AdminCog, EngineLines, ModelInfo
+from pygbot.cogs.character_webhooks import CharacterWebhooks
 from pygbot.cogs.chat import ChatCog
 from pygbot.cogs.persona import PersonaCog
 from pygbot.cogs.posting import DiscordPoster
@@ -59,7 +60,8 @@ class PygBot(commands.Bot):
         # One policy for every path that can make the character talk: mentions, buttons,
         # greetings after a command.
         self.access = AccessPolicy(services.store, services.settings.allow_dms)
-        self.poster = DiscordPoster(self, services.chat, self.access,
+        self.webhooks = CharacterWebhooks(self, services.store, services.library)
+        self.poster = DiscordPoster(self, services.chat, self.access, self.webhooks,
                                     streaming=services.settings.stream_replies)
         self.intake = Intake(services.store, services.chat, self.poster,
                              IntakeConfig.from_settings(services.settings),
@@ -72,11 +74,12 @@ class PygBot(commands.Bot):
         limiter = MemberRateLimiter(settings.rate_limit_burst, settings.rate_limit_per_minute)
         await self.add_cog(ChatCog(self, services.chat, access, intake=self.intake,
                                    limiter=limiter, max_age_s=settings.pending_max_age_s,
-                                   streaming=settings.stream_replies))
-        await self.add_cog(PersonaCog(services.chat, access))
+                                   streaming=settings.stream_replies, webhooks=self.webhooks))
+        await self.add_cog(PersonaCog(services.chat, access, self.poster, self.webhooks))
         await self.add_cog(PrivacyCog(services.store))
         await self.add_cog(AdminCog(services.chat, services.store, services.worker, access,
-                                    engine_lines(services.engine)))
+                                    engine_lines(services.engine), poster=self.poster,
+                                    webhooks=self.webhooks))
         # buttons on replies from earlier runs
         self.add_view(ReplyControls(services.chat, access, streaming=settings.stream_replies))
         await self._sync_commands()

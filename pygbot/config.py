@@ -90,6 +90,7 @@ class Settings:
     speaker_labels: str = "you"
     stream_replies: bool = True
     allow_dms: bool = False
+    max_characters_per_channel: int = 3
     dev_guild_id: int | None = None
     discord_api_url: str = ""
     discord_gateway_url: str = ""
@@ -367,6 +368,9 @@ _KEYS: tuple[_Key, ...] = (
          "Show a reply while it is generated: posted at its first sentence, edited about "
          "once a second; false = post it when done"),
     _key("ALLOW_DMS", _flag("ALLOW_DMS"), "Answer direct messages"),
+    _key("MAX_CHARACTERS_PER_CHANNEL", _number("MAX_CHARACTERS_PER_CHANNEL", int, 1, 10),
+         "Characters one channel can hold at once, counting its main one "
+         "(needs /pygbot webhook on; /persona add)"),
     _key("DEV_GUILD_ID", _snowflake("DEV_GUILD_ID"),
          "Sync slash commands to this server only (instant); empty = global"),
     _key("DISCORD_API_URL", _url("DISCORD_API_URL", ("http://", "https://")),

@@ -31,10 +31,10 @@ def split_message(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> list[str]:
     return pieces
 
 
-def in_progress(text: str) -> str:
-    """A reply still being generated as message content: its first message's worth and the
-    cursor that says more is coming."""
-    pieces = split_message(text, DISCORD_MESSAGE_LIMIT - len(STREAMING_MARK))
+def in_progress(text: str, limit: int = DISCORD_MESSAGE_LIMIT) -> str:
+    """A reply still being generated as message content: its first message's worth (of
+    `limit` characters) and the cursor that says more is coming."""
+    pieces = split_message(text, limit - len(STREAMING_MARK))
     return (pieces[0] if pieces else "") + STREAMING_MARK
 
 
@@ -75,3 +75,32 @@ def render_mentions(
     text = _CHANNEL_MENTION.sub(lambda m: "#" + channel_names.get(int(m.group(1)), "channel"),
                                 text)
     return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+# Webhook messages cannot be native replies, so a character posting through a webhook starts
+# its reply with this small line instead: whom it answers (a mention, pinging only them) and a
+# link to the message it answers, which also lets a restarted bot see what was answered.
+ANSWER_HEADER_PREFIX = "-# ↪ "
+_JUMP_LINK = re.compile(r"/channels/(?:\d+|@me)/\d+/(\d+)")
+
+
+def answer_header(member_id: int | None, guild_id: int, channel_id: int, message_id: int) -> str:
+    """The first line of a webhook reply to message `message_id`, newline included."""
+    link = f"[message](<https://discord.com/channels/{guild_id}/{channel_id}/{message_id}>)"
+    who = f"<@{member_id}> · " if member_id is not None else ""
+    return f"{ANSWER_HEADER_PREFIX}{who}{link}\n"
+
+
+def split_header(content: str) -> tuple[str, str]:
+    """(`answer_header` line with its newline or "", the rest) of a message's content."""
+    if not content.startswith(ANSWER_HEADER_PREFIX):
+        return "", content
+    first, newline, rest = content.partition("\n")
+    return first + newline, rest
+
+
+def answered_message_id(content: str) -> int | None:
+    """The id of the message a webhook reply answers, from its header; None without one."""
+    header, _ = split_header(content)
+    match = _JUMP_LINK.search(header)
+    return int(match.group(1)) if match else None

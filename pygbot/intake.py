@@ -71,9 +71,11 @@ class Poster(Protocol):
 
     async def greeting(self, channel_id: int, turn: StoredTurn) -> None: ...
 
-    def stream(self, channel_id: int, answering: int) -> PartialListener | None:
-        """A listener that shows the reply to `answering` while it is generated, or None
-        when replies are not streamed."""
+    def stream(self, channel_id: int, answering: int, author_id: int,
+               character: str | None) -> PartialListener | None:
+        """A listener that shows the reply of `character` (None: the channel's main one) to
+        `answering` (by member `author_id`) while it is generated, or None when replies are
+        not streamed."""
         ...
 
     async def retract(self, channel_id: int) -> None:
@@ -283,9 +285,13 @@ class Intake:
         said = [Said(Author(m.author_id, m.author_name), m.text, m.message_id) for m in fresh]
         ids = frozenset(m.message_id for m in fresh)
         async with self._slots, self._poster.typing(channel_id):
-            on_partial = self._poster.stream(channel_id, latest.message_id)
+            # Messages answered together get one reply: from the character the latest one
+            # addresses.
+            on_partial = self._poster.stream(channel_id, latest.message_id, latest.author_id,
+                                             latest.character)
             made = asyncio.create_task(self._chat.answer(channel_id, latest.guild_id, said,
-                                                         on_partial=on_partial))
+                                                         on_partial=on_partial,
+                                                         character=latest.character))
             self._in_flight[channel_id] = (ids, made)
             try:
                 await asyncio.wait({made})

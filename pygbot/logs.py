@@ -10,6 +10,7 @@ the known-irrelevant warnings and per-request HTTP lines are shown only at LOG_L
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -21,6 +22,22 @@ CHATTY_LIBRARIES = ("httpx", "httpx2", "httpcore")
 IRRELEVANT_WARNINGS = (
     ("discord.client", "voice will NOT be supported"),  # PyNaCl / davey: voice only
 )
+
+
+# discord.py logs each webhook and interaction request's URL at DEBUG, and the URL holds the
+# token: a channel webhook's token lets anyone post in that channel, for as long as it exists.
+_URL_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/?\s'\"]+")
+
+
+class SecretUrls(logging.Filter):
+    """Replaces the tokens in webhook and interaction URLs with `<token>`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("discord"):
+            message = record.getMessage()
+            if "/webhooks/" in message or "/interactions/" in message:
+                record.msg, record.args = _URL_TOKEN.sub(r"\1<token>", message), None
+        return True
 
 
 class IrrelevantWarnings(logging.Filter):
@@ -35,6 +52,8 @@ def configure(level: str, libraries: bool = True) -> None:
     """Log to stderr at `level`; at DEBUG nothing is hidden. `libraries=False` leaves the
     Hub's and transformers' loggers alone (importing them takes a second or two)."""
     logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretUrls())  # at every level, DEBUG included
     if logging.getLevelName(level) > logging.DEBUG:
         for handler in logging.getLogger().handlers:
             handler.addFilter(IrrelevantWarnings())

@@ -120,6 +120,30 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE custom_personas ADD COLUMN avatar BLOB;
     """,
+    # 5: channels where the character posts through a webhook under its own name and face
+    # (`told_missing`: the channel was told once that Manage Webhooks is missing).
+    """
+    CREATE TABLE webhook_channels (
+        channel_id    INTEGER PRIMARY KEY,
+        guild_id      INTEGER NOT NULL,
+        told_missing  INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+    # 6: several characters in one channel. `channel_characters` holds the ones that joined
+    # the channel's main character (`/persona add`); `intake.character` is the one a message
+    # addressed (NULL: the main one), so it is still the one that answers after a restart.
+    # Which character spoke a turn is `turns.name` of its character turns, as before.
+    """
+    CREATE TABLE channel_characters (
+        channel_id    INTEGER NOT NULL,
+        guild_id      INTEGER NOT NULL,
+        name_key      TEXT    NOT NULL,
+        persona_name  TEXT    NOT NULL,
+        joined_at     REAL    NOT NULL,
+        PRIMARY KEY (channel_id, name_key)
+    );
+    ALTER TABLE intake ADD COLUMN character TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum: 0 none, 1 full, 2 incremental
@@ -131,7 +155,7 @@ _BEGIN_READ = "BEGIN DEFERRED"
 
 _TURN_COLUMNS = "id, channel_id, role, name, text, author_id, message_id, created_at, chosen"
 _INTAKE_COLUMNS = ("message_id, channel_id, guild_id, author_id, author_name, text, created_at, "
-                   "state, reply_turn_id")
+                   "state, reply_turn_id, character")
 IntakeState = Literal["pending", "answered", "done", "failed", "expired", "withdrawn"]
 OPEN_STATES = ("pending", "answered")  # still owed to the member
 _OPEN_STATES_SQL = "('pending', 'answered')"
@@ -183,11 +207,19 @@ class IntakeMessage:
     created_at: float  # unix seconds, when the member sent it
     state: IntakeState = "pending"
     reply_turn_id: int | None = None  # set once the reply is stored ('answered')
+    character: str | None = None  # the character addressed; None: the channel's main one
 
 
 @dataclass(frozen=True)
 class GuildSettings:
     allow_all_channels: bool = False  # False = converse only in age-restricted channels
+
+
+@dataclass(frozen=True)
+class WebhookPosting:
+    """A channel where the character posts through a webhook."""
+
+    told_missing: bool = False  # the channel heard once that Manage Webhooks is missing
 
 
 class Store:
@@ -389,11 +421,12 @@ class Store:
             cursor = await _execute(
                 db,
                 f"INSERT INTO intake ({_INTAKE_COLUMNS}) "
-                "SELECT ?, ?, ?, ?, ?, ?, ?, 'pending', NULL "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ? "
                 "WHERE NOT EXISTS (SELECT 1 FROM turns WHERE message_id = ?) "
                 "ON CONFLICT (message_id) DO NOTHING",
                 (message.message_id, message.channel_id, message.guild_id, message.author_id,
-                 message.author_name, message.text, message.created_at, message.message_id))
+                 message.author_name, message.text, message.created_at, message.character,
+                 message.message_id))
         return cursor.rowcount > 0
 
     async def intake_backlog(self) -> int:
@@ -582,6 +615,59 @@ class Store:
                 (guild_id, int(allowed)),
             )
 
+    # --- webhook posting ------------------------------------------------------------------------
+
+    async def webhook_posting(self, channel_id: int) -> WebhookPosting | None:
+        """How channel `channel_id` posts through a webhook; None when it does not."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT told_missing FROM webhook_channels WHERE channel_id = ?", (channel_id,)))
+        return WebhookPosting(told_missing=bool(rows[0][0])) if rows else None
+
+    async def set_webhook_posting(self, channel_id: int, guild_id: int, on: bool, *,
+                                  told_missing: bool = False) -> None:
+        async with self._transaction() as db:
+            if not on:
+                await db.execute("DELETE FROM webhook_channels WHERE channel_id = ?",
+                                 (channel_id,))
+                return
+            await db.execute(
+                "INSERT INTO webhook_channels (channel_id, guild_id, told_missing) "
+                "VALUES (?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET "
+                "told_missing = excluded.told_missing",
+                (channel_id, guild_id, int(told_missing)))
+
+    async def note_webhook_notice(self, channel_id: int, told_missing: bool) -> None:
+        """Remember whether the channel has been told that Manage Webhooks is missing."""
+        async with self._transaction() as db:
+            await db.execute("UPDATE webhook_channels SET told_missing = ? WHERE channel_id = ?",
+                             (int(told_missing), channel_id))
+
+    # --- several characters in a channel -------------------------------------------------------
+
+    async def joined_characters(self, channel_id: int) -> list[str]:
+        """The characters that joined the channel's main one, in the order they joined."""
+        async with self._reading() as db:
+            rows = list(await db.execute_fetchall(
+                "SELECT persona_name FROM channel_characters WHERE channel_id = ? "
+                "ORDER BY joined_at, name_key", (channel_id,)))
+        return [row[0] for row in rows]
+
+    async def join_character(self, channel_id: int, guild_id: int, name: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO channel_characters (channel_id, guild_id, name_key, persona_name, "
+                "joined_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel_id, name_key) "
+                "DO UPDATE SET persona_name = excluded.persona_name",
+                (channel_id, guild_id, _name_key(name), name, time.time()))
+
+    async def leave_character(self, channel_id: int, name: str) -> bool:
+        async with self._transaction() as db:
+            cursor = await _execute(
+                db, "DELETE FROM channel_characters WHERE channel_id = ? AND name_key = ?",
+                (channel_id, _name_key(name)))
+        return cursor.rowcount > 0
+
     # --- internals ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -752,7 +838,8 @@ def _intake_message(row: sqlite3.Row) -> IntakeMessage:
     return IntakeMessage(
         message_id=row["message_id"], channel_id=row["channel_id"], guild_id=row["guild_id"],
         author_id=row["author_id"], author_name=row["author_name"], text=row["text"],
-        created_at=row["created_at"], state=row["state"], reply_turn_id=row["reply_turn_id"])
+        created_at=row["created_at"], state=row["state"], reply_turn_id=row["reply_turn_id"],
+        character=row["character"])
 
 
 async def _turn_where(db: aiosqlite.Connection, condition: str, value: int) -> StoredTurn | None:

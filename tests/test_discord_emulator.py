@@ -397,6 +397,41 @@ async def test_webhook_posts_in_character_and_reactions_are_recorded(discord_emu
     assert discord_emulator.reactions(shown) == {"👋": {discord_emulator.bot_user.id}}
 
 
+async def test_webhook_avatars_threads_and_deletion_follow_discords_rules(
+    discord_emulator, server,
+):
+    bot = EmulatedBot()
+    png = b"\x89PNG\r\n\x1a\n"  # discord.py reads the image type from the magic bytes
+    face, other_face = png + b"first face", png + b"second face"
+    thread = discord_emulator.add_thread(server.channel, "side")
+    async with connected(bot, discord_emulator):
+        channel = text_channel(bot, server.channel)
+        webhook = await channel.create_webhook(name="pygbot", avatar=face)
+        first = await webhook.send("one", username="Aria", wait=True)
+        webhook = await webhook.edit(avatar=other_face)  # PATCH /webhooks/{id}, bot auth
+        second = await webhook.send("two", username="Pip", wait=True,
+                                    thread=discord.Object(thread.id))
+        with pytest.raises(discord.NotFound):  # in a thread, edits need its thread_id
+            await webhook.edit_message(second.id, content="lost")
+        await webhook.edit_message(second.id, content="two, edited",
+                                   thread=discord.Object(thread.id))
+        with pytest.raises(discord.HTTPException) as named:
+            await webhook.send("x", username="Discord Staff", wait=True)
+        await webhook.delete()
+        with pytest.raises(discord.NotFound) as gone:
+            await webhook.send("three", wait=True)
+    shown_first = discord_emulator.message(first.id)
+    shown_second = discord_emulator.message(second.id)
+    # Each message keeps the face the webhook wore when it was sent.
+    assert discord_emulator.avatar_image(shown_first["author"]) == face
+    assert discord_emulator.avatar_image(shown_second["author"]) == other_face
+    assert shown_second["channel_id"] == str(thread.id)
+    assert shown_second["content"] == "two, edited"
+    assert named.value.status == 400
+    assert gone.value.code == 10015  # Unknown Webhook
+    assert discord_emulator.webhooks(server.channel) == []
+
+
 # --- interactions -------------------------------------------------------------------------
 def persona_group() -> app_commands.Group:
     persona = app_commands.Group(name="persona", description="Choose who the bot plays")

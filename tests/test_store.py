@@ -499,3 +499,26 @@ async def test_renaming_a_character_follows_every_place_that_chose_it(store: Sto
     await store.rename_persona_choices(GUILD, "MIRA", "Mirabel")
     assert await store.active_persona(GUILD) == "Mirabel"
     assert await store.active_persona(GUILD, CHANNEL) == "Mirabel"
+
+
+async def test_a_database_from_before_several_characters_keeps_its_waiting_messages(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Migration 6 (channel rosters, the character a message addresses) on a version-5 file:
+    a message waiting to be answered is still there, addressed to the main character."""
+    shipped = store_module.MIGRATIONS
+    monkeypatch.setattr(store_module, "MIGRATIONS", shipped[:5])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 5)
+    async with await Store.open(db_path) as store:
+        with sqlite3.connect(db_path) as db:
+            db.execute("INSERT INTO intake (message_id, channel_id, guild_id, author_id, "
+                       "author_name, text, created_at) VALUES (7, ?, 1, 2, 'Bob', 'hi', 0)",
+                       (CHANNEL,))
+    monkeypatch.setattr(store_module, "MIGRATIONS", shipped)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(shipped))
+    async with await Store.open(db_path) as store:
+        [waiting] = await store.open_intake(CHANNEL)
+        assert (waiting.text, waiting.character) == ("hi", None)
+        await store.join_character(CHANNEL, 1, "Pip")
+        assert await store.joined_characters(CHANNEL) == ["Pip"]
+    assert read_pragma(db_path, "user_version") == len(shipped)

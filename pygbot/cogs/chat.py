@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import sqlite3
 import time
 
@@ -21,10 +22,13 @@ from discord.ext import commands
 
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
-from pygbot.cogs.reply_view import ReplyControls, shown
-from pygbot.discord_text import is_unfinished, render_mentions
+from pygbot.cogs.character_webhooks import CharacterWebhooks
+from pygbot.cogs.outlets import rewrite
+from pygbot.cogs.reply_view import ReplyControls
+from pygbot.discord_text import answered_message_id, is_unfinished, render_mentions
 from pygbot.intake import BACKLOG_NOTICE, DATABASE_FAILED_NOTICE, Admission, Intake
 from pygbot.ratelimit import MemberRateLimiter
+from pygbot.roster import Roster
 from pygbot.store import IntakeMessage, StoreError
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,9 @@ RATE_LIMITED_NOTICE = ("You're writing faster than I can read, so I'll skip your
 class ChatCog(commands.Cog):
     def __init__(self, bot: commands.Bot, chat: ChatService, access: AccessPolicy, *,
                  intake: Intake, limiter: MemberRateLimiter, max_age_s: float,
-                 streaming: bool) -> None:
+                 streaming: bool, webhooks: CharacterWebhooks) -> None:
         self.bot = bot
+        self.webhooks = webhooks
         self.chat = chat
         self.access = access
         self.intake = intake
@@ -139,13 +144,14 @@ class ChatCog(commands.Cog):
         found = 0
         async for message in channel.history(limit=CATCH_UP_MESSAGES, after=after,
                                              oldest_first=True):
-            if me is not None and message.author.id == me.id:
+            if (me is not None and message.author.id == me.id) \
+                    or await self.webhooks.posted(message) is not None:
                 if is_unfinished(message.content):
                     await self._tidy_unfinished(message)
                     continue
-                reference = message.reference
-                if reference is not None and reference.message_id is not None:
-                    await self.intake.reply_seen(reference.message_id, message.id)
+                answered = _answered(message)
+                if answered is not None:
+                    await self.intake.reply_seen(answered, message.id)
             elif (not message.author.bot and message.id not in self._seen_live
                   and await self._addressed_to_me(message)):
                 found += await self._take(message, live=False) is Admission.ACCEPTED
@@ -158,14 +164,15 @@ class ChatCog(commands.Cog):
         try:
             turn = await self.chat.shown_turn(message.id)
             if turn is None:
-                await message.delete()
+                await self.webhooks.delete_posted(message)
                 log.info("deleted unfinished reply %s in channel %s", message.id,
                          message.channel.id)
                 return
             latest = await self.chat.latest_reply(turn.channel_id)
             controls = (ReplyControls(self.chat, self.access, turn, streaming=self.streaming)
                         if latest is not None and latest.id == turn.id else None)
-            await message.edit(content=shown(turn.text), view=controls)
+            await self.webhooks.edit_posted(message, content=rewrite(message.content, turn.text),
+                                            view=controls)
         except discord.HTTPException as error:
             log.warning("could not tidy unfinished reply %s: %s", message.id, error)
 
@@ -174,12 +181,13 @@ class ChatCog(commands.Cog):
     async def _take(self, message: discord.Message, live: bool) -> Admission | None:
         """Hand `message` to the intake; None when it could not even be recorded."""
         author = message.author
+        character = await self._addressee(message)
         incoming = IntakeMessage(
             message_id=message.id, channel_id=message.channel.id,
             guild_id=message.guild.id if message.guild else 0, author_id=author.id,
             author_name=author.display_name,
-            text=await self._as_text(message) or EMPTY_MENTION_TEXT,
-            created_at=message.created_at.timestamp())
+            text=await self._as_text(message, character) or EMPTY_MENTION_TEXT,
+            created_at=message.created_at.timestamp(), character=character)
         try:
             admission = await self.intake.accept(incoming)
         except (StoreError, sqlite3.Error) as error:
@@ -203,12 +211,49 @@ class ChatCog(commands.Cog):
             return False
         if me in message.mentions or message.guild is None:
             return True
+        if await self._replies_to_character(message, me.id):
+            return True
+        # Where several characters talk, naming one of them is enough.
+        cast = await self._cast(message)
+        return cast is not None and cast.names_someone(self._without_me(message.content))
+
+    async def _replies_to_character(self, message: discord.Message, my_id: int) -> bool:
         reference = message.reference
         if reference is None or reference.message_id is None:
             return False
-        if isinstance(reference.resolved, discord.Message):
-            return reference.resolved.author.id == me.id
+        resolved = reference.resolved
+        if isinstance(resolved, discord.Message) and resolved.author.id == my_id:
+            return True
+        if isinstance(resolved, discord.Message) and resolved.webhook_id is None:
+            return False  # a member's or another bot's message
+        # The character's webhook posts, or a message Discord did not send along.
         return await self.chat.is_character_message(reference.message_id)
+
+    async def _cast(self, message: discord.Message) -> Roster | None:
+        """The channel's characters where several may answer (posting through a webhook,
+        with characters that joined); None where only the main one talks."""
+        if message.guild is None or not await self.webhooks.is_on(message.channel.id):
+            return None
+        roster = await self.chat.roster.roster(message.guild.id, message.channel.id)
+        return roster if roster.joined else None
+
+    async def _addressee(self, message: discord.Message) -> str | None:
+        """The name of the character `message` addresses (see pygbot.roster); None: the
+        channel's main character."""
+        cast = await self._cast(message)
+        if cast is None:
+            return None
+        replied_to = None
+        reference = message.reference
+        if reference is not None and reference.message_id is not None:
+            turn = await self.chat.shown_turn(reference.message_id)
+            replied_to = turn.name if turn is not None and turn.role == "character" else None
+        return cast.addressed(self._without_me(message.content), replied_to).name
+
+    def _without_me(self, content: str) -> str:
+        """`content` without mentions of the bot (which speaks for every character)."""
+        me = self.bot.user
+        return re.sub(rf"<@!?{me.id}>", "", content).strip() if me is not None else content
 
     async def _explain(self, message: discord.Message, text: str) -> None:
         try:
@@ -216,16 +261,30 @@ class ChatCog(commands.Cog):
         except discord.HTTPException as error:
             log.warning("could not post a notice in channel %s: %s", message.channel.id, error)
 
-    async def _as_text(self, message: discord.Message) -> str:
+    async def _as_text(self, message: discord.Message, character: str | None = None) -> str:
+        """The message as the character reads it: a mention of the bot is the name of the
+        character addressed (`character`, else the channel's main one)."""
         me = self.bot.user
         guild = message.guild
-        persona = await self.chat.library.active(guild.id if guild else 0, message.channel.id)
+        if character is None:
+            persona = await self.chat.library.active(guild.id if guild else 0,
+                                                     message.channel.id)
+            character = persona.name
         return render_mentions(
             message.content,
             bot_user_id=me.id if me else 0,
-            character_name=persona.name,
+            character_name=character,
             user_names={user.id: user.display_name for user in message.mentions},
             role_names={role.id: role.name for role in message.role_mentions},
             channel_names={channel.id: getattr(channel, "name", "channel")
                            for channel in message.channel_mentions},
         )
+
+
+def _answered(message: discord.Message) -> int | None:
+    """The member's message a reply of the character's answers: its native reply target, or
+    for a webhook post the message its header links to."""
+    reference = message.reference
+    if reference is not None and reference.message_id is not None:
+        return reference.message_id
+    return answered_message_id(message.content)

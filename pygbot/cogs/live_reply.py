@@ -12,10 +12,18 @@ into the stored reply; `discard` deletes it when no reply will be posted.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import discord
 
-from pygbot.discord_text import STREAM_EDIT_INTERVAL_S, in_progress, split_message
+from pygbot.cogs.outlets import Outlet
+from pygbot.discord_text import (
+    DISCORD_MESSAGE_LIMIT,
+    STREAM_EDIT_INTERVAL_S,
+    in_progress,
+    split_header,
+    split_message,
+)
 from pygbot.store import StoredTurn
 from pygbot.streaming import ThrottledShow
 
@@ -23,12 +31,14 @@ log = logging.getLogger(__name__)
 
 
 class LiveReply:
-    """One reply to message `answering` in `channel`, shown while it is generated."""
+    """One reply to message `answering` in channel `channel_id`, shown while it is generated
+    through the outlet `open_outlet` gives (asked once, when the first sentence is ready)."""
 
-    def __init__(self, channel: discord.abc.Messageable, channel_id: int, answering: int,
-                 interval_s: float = STREAM_EDIT_INTERVAL_S) -> None:
+    def __init__(self, open_outlet: Callable[[], Awaitable[Outlet]], channel_id: int,
+                 answering: int, interval_s: float = STREAM_EDIT_INTERVAL_S) -> None:
         self.answering = answering
-        self._channel = channel
+        self._open_outlet = open_outlet
+        self._outlet: Outlet | None = None
         self._channel_id = channel_id
         self._message: discord.Message | None = None
         self._broken = False  # a request failed: show nothing more until the final text
@@ -44,12 +54,13 @@ class LiveReply:
         Raises `discord.HTTPException` on a failure worth trying again (nothing is lost: the
         same message is finished on the next try)."""
         await self._throttle.close()
-        if self._message is None:
+        if self._message is None or self._outlet is None:
             return None
-        pieces = split_message(turn.text)
+        header, _ = split_header(self._message.content)
+        pieces = split_message(turn.text, DISCORD_MESSAGE_LIMIT - len(header))
         try:
             edited = await self._message.edit(
-                content=pieces[0], view=controls if len(pieces) == 1 else None)
+                content=header + pieces[0], view=controls if len(pieces) == 1 else None)
         except discord.NotFound:  # deleted meanwhile (by a moderator): post the reply anew
             log.info("the streamed reply in channel %s was deleted; posting it anew",
                      turn.channel_id)
@@ -58,7 +69,7 @@ class LiveReply:
         last = edited
         for index, piece in enumerate(pieces[1:], start=1):
             view = controls if index == len(pieces) - 1 else discord.utils.MISSING
-            last = await self._channel.send(piece, view=view)
+            last = await self._outlet.send(piece, first=False, view=view)
         return last.id
 
     async def discard(self) -> None:
@@ -76,16 +87,15 @@ class LiveReply:
     async def _show(self, text: str) -> None:
         if self._broken:
             return
-        content = in_progress(text)
         try:
             if self._message is None:
-                reference = discord.MessageReference(
-                    message_id=self.answering, channel_id=self._channel_id,
-                    fail_if_not_exists=False)
-                self._message = await self._channel.send(content, reference=reference,
-                                                         mention_author=True)
+                self._outlet = self._outlet or await self._open_outlet()
+                room = DISCORD_MESSAGE_LIMIT - self._outlet.header_room
+                self._message = await self._outlet.send(in_progress(text, room), first=True)
             else:
-                self._message = await self._message.edit(content=content)
+                header, _ = split_header(self._message.content)
+                content = in_progress(text, DISCORD_MESSAGE_LIMIT - len(header))
+                self._message = await self._message.edit(content=header + content)
         except discord.HTTPException as error:
             log.warning("stopped streaming a reply in progress: %s", error)
             self._broken = True

@@ -27,11 +27,13 @@ from pygbot.cards import (
 from pygbot.character_files import file_stem
 from pygbot.chat import ChatService
 from pygbot.cogs.access import Access, AccessPolicy
+from pygbot.cogs.character_webhooks import CharacterWebhooks
 from pygbot.cogs.checks import refuse_unless_manager
-from pygbot.cogs.reply_view import ReplyControls, post_greeting
+from pygbot.cogs.posting import DiscordPoster
 from pygbot.library import BuiltInPersonaError, PersonaLibrary, UnknownPersonaError
 from pygbot.persona import NAME_MAX_CHARS, TEXT_MAX_CHARS, Persona, PersonaError
 from pygbot.prompt import PromptCost
+from pygbot.roster import AlreadyHereError, NotJoinedError, RosterFullError
 from pygbot.store import StoredTurn
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,13 @@ FORM_FIELDS = ("persona", "scenario", "greeting", "example_dialogue")
 @app_commands.guild_only()
 class PersonaCog(commands.GroupCog, group_name="persona",
                  group_description="Choose and edit the character the bot plays"):
-    def __init__(self, chat: ChatService, access: AccessPolicy) -> None:
+    def __init__(self, chat: ChatService, access: AccessPolicy, poster: DiscordPoster,
+                 webhooks: CharacterWebhooks) -> None:
         self.chat = chat
         self.library: PersonaLibrary = chat.library
         self.access = access
+        self.poster = poster
+        self.webhooks = webhooks
         super().__init__()
 
     @app_commands.command(name="list")
@@ -206,6 +211,41 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             "picture (SillyTavern and most front ends read it); the JSON is the same card.",
             files=files, ephemeral=True)
 
+    @app_commands.command()
+    @app_commands.describe(name="Character to bring into this channel beside the one playing")
+    async def add(self, interaction: discord.Interaction, name: str) -> None:
+        """Bring another character into this channel; members address it by name (Manage
+        Server; needs /pygbot webhook on)."""
+        if await refuse_unless_manager(interaction):
+            return
+        channel_id = interaction.channel_id or 0
+        if not await self.webhooks.is_on(channel_id):
+            await interaction.response.send_message(ADD_NEEDS_WEBHOOK, ephemeral=True)
+            return
+        try:
+            persona = await self.chat.roster.add(interaction.guild_id or 0, channel_id, name)
+        except (UnknownPersonaError, AlreadyHereError, RosterFullError) as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return
+        await interaction.response.send_message(
+            f"**{persona.name}** joins this channel. Talk to a character by starting with its "
+            f"name (\"{persona.name}, ...\") or by replying to its message; otherwise the main "
+            "character answers.")
+
+    @app_commands.command()
+    @app_commands.describe(name="Character that joined with /persona add")
+    async def remove(self, interaction: discord.Interaction, name: str) -> None:
+        """Send a character added with /persona add away from this channel (Manage Server)."""
+        if await refuse_unless_manager(interaction):
+            return
+        try:
+            gone = await self.chat.roster.remove(interaction.guild_id or 0,
+                                                 interaction.channel_id or 0, name)
+        except NotJoinedError as error:
+            await interaction.response.send_message(f"{error}.", ephemeral=True)
+            return
+        await interaction.response.send_message(f"**{gone}** leaves this channel.")
+
     async def _exists(self, guild_id: int, name: str) -> bool:
         try:
             await self.library.get(guild_id, name)
@@ -218,6 +258,8 @@ class PersonaCog(commands.GroupCog, group_name="persona",
     @switch.autocomplete("name")
     @edit.autocomplete("name")
     @delete.autocomplete("name")
+    @add.autocomplete("name")
+    @remove.autocomplete("name")
     async def _names(self, interaction: discord.Interaction,
                      current: str) -> list[app_commands.Choice[str]]:
         personas = await self.library.all(interaction.guild_id or 0)
@@ -228,8 +270,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
     async def _retire(self, interaction: discord.Interaction, previous: StoredTurn) -> None:
         """Take the buttons off the previous character's last reply here. (In the server's
         other channels they are refused and taken off at their first click.)"""
-        if isinstance(interaction.channel, discord.abc.Messageable):
-            await ReplyControls.retire(interaction.channel, previous)
+        await self.poster.retire(interaction.channel_id or 0, previous)
 
     async def _greet(self, interaction: discord.Interaction) -> None:
         """Open the new character's conversation in this channel with its greeting."""
@@ -240,7 +281,7 @@ class PersonaCog(commands.GroupCog, group_name="persona",
             return
         greeting = await self.chat.start_conversation(channel.id, interaction.guild_id or 0,
                                                       interaction.user.display_name)
-        await post_greeting(channel, greeting, self.chat, self.access)
+        await self.poster.greeting(channel.id, greeting)
 
     async def _named_or_active(self, interaction: discord.Interaction,
                                name: str | None) -> Persona | None:
@@ -367,3 +408,7 @@ def _embed(persona: Persona, cost: PromptCost) -> discord.Embed:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+ADD_NEEDS_WEBHOOK = ("Several characters need their own names and pictures: turn on "
+                     "`/pygbot webhook state: on` in this channel first (Manage Server).")

@@ -19,11 +19,12 @@ import discord
 
 from pygbot.chat import ChatService, EmptyReplyError, NothingToRegenerateError
 from pygbot.cogs.access import Access, AccessPolicy
+from pygbot.cogs.outlets import rewrite
 from pygbot.discord_text import (
     DISCORD_MESSAGE_LIMIT,
     STREAM_EDIT_INTERVAL_S,
     in_progress,
-    split_message,
+    split_header,
 )
 from pygbot.store import StoredTurn
 from pygbot.streaming import ThrottledShow
@@ -95,13 +96,16 @@ class ReplyControls(discord.ui.View):
         if not self.streaming:
             return None
 
+        header, _ = split_header(_content(interaction))
+
         async def show(text: str) -> None:
-            await interaction.edit_original_response(content=in_progress(text), view=None)
+            content = header + in_progress(text, DISCORD_MESSAGE_LIMIT - len(header))
+            await interaction.edit_original_response(content=content, view=None)
 
         return ThrottledShow(show, self.stream_interval_s)
 
     async def _show(self, interaction: discord.Interaction, turn: StoredTurn) -> None:
-        await interaction.edit_original_response(content=shown(turn.text),
+        await interaction.edit_original_response(content=rewrite(_content(interaction), turn.text),
                                                  view=self.for_turn(turn))
 
     def for_turn(self, turn: StoredTurn, *, greeting: bool = False) -> ReplyControls:
@@ -123,7 +127,8 @@ class ReplyControls(discord.ui.View):
             return
         chosen = await self.chat.choose_alternative(turn.id, index)
         view = self.for_turn(chosen, greeting=await self.chat.is_greeting(chosen))
-        await interaction.response.edit_message(content=shown(chosen.text), view=view)
+        await interaction.response.edit_message(
+            content=rewrite(_content(interaction), chosen.text), view=view)
 
     async def _newest_turn(self, interaction: discord.Interaction) -> StoredTurn | None:
         """The turn under the clicked message if the character may talk in this channel and
@@ -135,17 +140,23 @@ class ReplyControls(discord.ui.View):
         if message is not None and latest is not None and latest.message_id == message.id \
                 and await self._still_playing(interaction, latest):
             return latest
+        if message is not None and message.webhook_id is not None:
+            # The character's webhook posted it: the bot's own account may not edit it, but
+            # the click's answer may (it edits the message the button sits on).
+            await interaction.response.edit_message(view=None)
+            await interaction.followup.send(NOT_NEWEST, ephemeral=True)
+            return None
         await interaction.response.send_message(NOT_NEWEST, ephemeral=True)
         if message is not None:
             await _remove_buttons(message)
         return None
 
     async def _still_playing(self, interaction: discord.Interaction, turn: StoredTurn) -> bool:
-        """Whether the character of `turn` is still the one playing here: after a switch
+        """Whether the character of `turn` is still one playing here: after a switch
         (perhaps server-wide, from another channel) its replies belong to an old conversation."""
-        active = await self.chat.library.active(interaction.guild_id or 0,
-                                                interaction.channel_id)
-        return active.name == turn.name
+        roster = await self.chat.roster.roster(interaction.guild_id or 0,
+                                               interaction.channel_id or 0)
+        return turn.name in roster.names
 
     async def _allowed(self, interaction: discord.Interaction) -> bool:
         channel = interaction.channel
@@ -156,37 +167,15 @@ class ReplyControls(discord.ui.View):
         await interaction.response.send_message(self.access.notice(verdict), ephemeral=True)
         return False
 
-    @staticmethod
-    async def retire(channel: discord.abc.Messageable, turn: StoredTurn | None) -> None:
-        """Take the buttons off an older reply once a newer one is posted."""
-        if turn is None or turn.message_id is None:
-            return
-        if isinstance(channel, discord.TextChannel | discord.Thread | discord.DMChannel
-                      | discord.PartialMessageable):
-            await _remove_buttons(channel.get_partial_message(turn.message_id))
-
-
-async def post_greeting(channel: discord.abc.Messageable, greeting: StoredTurn | None,
-                        chat: ChatService, access: AccessPolicy) -> None:
-    """Post a new conversation's greeting (if any), split to fit, with ◀ ▶ on the last piece
-    when it has alternate greetings, and remember which message shows it."""
-    if greeting is None:
-        return
-    pieces = split_message(greeting.text)
-    sent: discord.Message | None = None
-    for index, piece in enumerate(pieces):
-        swipeable = index == len(pieces) - 1 and len(greeting.alternatives) > 1
-        # Greetings are never regenerated, so nothing of theirs streams.
-        view = ReplyControls(chat, access, greeting, streaming=False, greeting=True) \
-            if swipeable else discord.utils.MISSING
-        sent = await channel.send(piece, view=view)
-    assert sent is not None  # a stored greeting is never empty
-    await chat.attach_message(greeting.id, sent.id)
-
 
 def shown(text: str) -> str:
     """An alternative as one message (an edit cannot add messages), cut to Discord's limit."""
     return text if len(text) <= DISCORD_MESSAGE_LIMIT else text[:DISCORD_MESSAGE_LIMIT - 1] + "…"
+
+
+def _content(interaction: discord.Interaction) -> str:
+    """What the clicked message shows now (its header, if a webhook posted it, is kept)."""
+    return interaction.message.content if interaction.message is not None else ""
 
 
 async def _remove_buttons(message: discord.Message | discord.PartialMessage) -> None:

@@ -428,6 +428,19 @@ class DiscordEmulator:
         self.world.webhooks[webhook.id] = webhook
         return webhook
 
+    def remove_webhook(self, webhook: Webhook) -> None:
+        """An admin deletes the webhook (Server Settings → Integrations): its messages stay,
+        executing it answers 404 Unknown Webhook."""
+        self.world.webhooks.pop(webhook.id, None)
+
+    def webhooks(self, channel: Channel) -> list[Webhook]:
+        return [w for w in self.world.webhooks.values() if w.channel_id == channel.id]
+
+    def avatar_image(self, author: Mapping[str, Any]) -> bytes | None:
+        """The picture members see beside a message's `author` (None: the default one)."""
+        avatar = author.get("avatar")
+        return self.world.images.get(avatar) if isinstance(avatar, str) else None
+
     # --- members act -----------------------------------------------------------------------
     async def send_message(
         self,

@@ -73,7 +73,9 @@ def build_message(world: World, draft: Draft, message_id: int) -> StoredMessage:
         draft.author.id,
         draft.content,
         draft.policy,
-        replied_author_id=replied.author_id if replied else None,
+        # A channel webhook is no user: replying to its message pings no one.
+        replied_author_id=replied.author_id if replied and replied.author_id in world.users
+        else None,
         extra_user_ids=draft.extra_mention_ids,
     )
     payload: JSON = {

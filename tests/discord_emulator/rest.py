@@ -56,6 +56,12 @@ from tests.discord_emulator.state import (
     Webhook,
 )
 from tests.discord_emulator.validation import has_substance, validate_message
+from tests.discord_emulator.webhook_rules import (
+    allowed_components,
+    avatar_image,
+    check_name,
+    image_hash,
+)
 
 if TYPE_CHECKING:
     from tests.discord_emulator.emulator import DiscordEmulator
@@ -66,7 +72,6 @@ API_PREFIX = "/api/v10"
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
 BULK_DELETE_RANGE = (2, 100)
-WEBHOOK_NAME_LIMIT = 80
 THREAD_NAME_LIMIT = 100
 UNAUTHENTICATED_PREFIXES = ("/webhooks/", "/interactions/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -265,6 +270,11 @@ class RestApi:
             web.get(hook + "/messages/{message_ref}", self.get_webhook_message),
             web.patch(hook + "/messages/{message_ref}", self.edit_webhook_message),
             web.delete(hook + "/messages/{message_ref}", self.delete_webhook_message),
+            web.patch(hook, self.modify_webhook_with_token),
+            web.delete(hook, self.delete_webhook_with_token),
+            web.get(p + "/webhooks/{webhook_id}", self.get_webhook),
+            web.patch(p + "/webhooks/{webhook_id}", self.modify_webhook),
+            web.delete(p + "/webhooks/{webhook_id}", self.delete_webhook),
             web.get("/attachments/{channel_id}/{attachment_id}/{filename}", self.get_attachment),
         ]
 
@@ -763,15 +773,19 @@ class RestApi:
             channel = thread
         validate_message(body, files=len(files))
         errors = FormErrors()
-        errors.max_length("username", body.get("username"), WEBHOOK_NAME_LIMIT)
+        check_name(errors, "username", body.get("username"), required=False)
         errors.raise_if_any()
+        components = allowed_components(
+            body.get("components") or [], app_owned=webhook.application_id is not None,
+            with_components=request.query.get("with_components") in ("1", "true", "True"))
+        avatar_url = body.get("avatar_url")
         draft = Draft(
             channel=channel,
             author=self.emulator.bot_user,
             content=str(body.get("content") or ""),
             flags=int(body.get("flags") or 0) & SETTABLE_FLAGS,
             embeds=body.get("embeds") or [],
-            components=body.get("components") or [],
+            components=components,
             attachments=self.attachments_for(channel, body, files, []),
             tts=bool(body.get("tts", False)),
             policy=MentionPolicy.from_request(body.get("allowed_mentions"), webhook=True),
@@ -781,7 +795,9 @@ class RestApi:
                 "username": body.get("username") or webhook.name,
                 "discriminator": "0000",
                 "global_name": None,
-                "avatar": None,
+                # The face the webhook wears now; later changes leave this message alone.
+                "avatar": (image_hash(str(avatar_url).encode()) if avatar_url
+                           else webhook.avatar),
                 "bot": True,
             },
             application_id=webhook.application_id,
@@ -800,7 +816,11 @@ class RestApi:
             return interactions.message_for(hook_id, token, ref)
         webhook = self._channel_webhook(request)
         stored = self.emulator.world.messages.get(int(ref)) if ref.isdigit() else None
-        if stored is None or stored.deleted or stored.payload.get("webhook_id") != str(webhook.id):
+        # Without thread_id Discord looks in the webhook's own channel only.
+        where = request.query.get("thread_id")
+        channel_id = snowflake_of(where) if where is not None else webhook.channel_id
+        if stored is None or stored.deleted or stored.payload.get("webhook_id") != str(webhook.id) \
+                or stored.channel_id != channel_id:
             raise not_found(10008, "Message")
         return stored
 
@@ -831,12 +851,62 @@ class RestApi:
         body, _ = await self.read_body(request)
         name = body.get("name")
         errors = FormErrors()
-        errors.length_between("name", name, 1, WEBHOOK_NAME_LIMIT)
-        if isinstance(name, str) and ("clyde" in name.lower() or "discord" in name.lower()):
-            errors.add("name", "WEBHOOK_INVALID_USERNAME", f'Username cannot contain "{name}"')
+        check_name(errors, "name", name, required=True)
+        image = avatar_image(errors, body.get("avatar"))
         errors.raise_if_any()
         webhook = self.emulator.add_webhook(channel, str(name))
+        self._wear(webhook, image)
         return json_response(self._webhook_json(webhook))
+
+    def _wear(self, webhook: Webhook, image: bytes | None) -> None:
+        webhook.avatar = None if image is None else image_hash(image)
+        if image is not None and webhook.avatar is not None:
+            self.emulator.world.images[webhook.avatar] = image
+
+    def _managed_webhook(self, request: web.Request) -> Webhook:
+        """A webhook by id alone: bot auth and Manage Webhooks in its channel."""
+        webhook = self.emulator.world.webhooks.get(self._hook_id(request))
+        if request.headers.get("Authorization") != f"Bot {self.emulator.token}":
+            raise ApiError(401, 0, "401: Unauthorized")
+        if webhook is None:
+            raise not_found(10015, "Webhook")
+        self._require(self.emulator.world.channel(webhook.channel_id), perms.MANAGE_WEBHOOKS)
+        return webhook
+
+    async def get_webhook(self, request: web.Request) -> web.Response:
+        return json_response(self._webhook_json(self._managed_webhook(request)))
+
+    async def modify_webhook(self, request: web.Request) -> web.Response:
+        return await self._modify(self._managed_webhook(request), request, with_token=False)
+
+    async def modify_webhook_with_token(self, request: web.Request) -> web.Response:
+        return await self._modify(self._channel_webhook(request), request, with_token=True)
+
+    async def _modify(self, webhook: Webhook, request: web.Request, *,
+                      with_token: bool) -> web.Response:
+        body, _ = await self.read_body(request)
+        errors = FormErrors()
+        check_name(errors, "name", body.get("name"), required=False)
+        image = avatar_image(errors, body.get("avatar"))
+        if with_token and "channel_id" in body:  # only bot auth may move a webhook
+            errors.add("channel_id", "BASE_TYPE_BAD", "Not allowed with a webhook token")
+        errors.raise_if_any()
+        if body.get("name") is not None:
+            webhook.name = str(body["name"])
+        if "avatar" in body:
+            self._wear(webhook, image)
+        data = self._webhook_json(webhook)
+        if with_token:
+            data.pop("user", None)
+        return json_response(data)
+
+    async def delete_webhook(self, request: web.Request) -> web.Response:
+        self.emulator.remove_webhook(self._managed_webhook(request))
+        return no_content()
+
+    async def delete_webhook_with_token(self, request: web.Request) -> web.Response:
+        self.emulator.remove_webhook(self._channel_webhook(request))
+        return no_content()
 
     async def channel_webhooks(self, request: web.Request) -> web.Response:
         channel = self._channel(request)

@@ -190,9 +190,9 @@ class Webhook:
     channel_id: int
     guild_id: int
     name: str
-    avatar: str | None
+    avatar: str | None  # image hash, as Discord names avatars; see World.images
     creator_id: int
-    application_id: int | None
+    application_id: int | None  # set for webhooks a bot made: they may carry buttons
 
 
 class World:
@@ -209,6 +209,7 @@ class World:
         self.typing: list[TypingEvent] = []
         self.webhooks: dict[int, Webhook] = {}
         self.attachments: dict[int, tuple[str, bytes, str]] = {}  # id -> (name, data, type)
+        self.images: dict[str, bytes] = {}  # avatar hash -> the image members see
 
     # --- lookups -------------------------------------------------------------------------
     def user(self, user_id: int) -> User:
