@@ -317,14 +317,21 @@ class Store:
 
     async def add_alternative(self, turn_id: int, text: str) -> StoredTurn:
         """Append a regenerated reply to a character turn and make it the one remembered."""
+        return await self.add_alternatives(turn_id, [text])
+
+    async def add_alternatives(self, turn_id: int, texts: Sequence[str]) -> StoredTurn:
+        """Append regenerated replies to a character turn, in order, in one transaction, and
+        make the first of them the one remembered."""
+        if not texts:
+            raise ValueError("add_alternatives() needs at least one text")
         async with self._transaction() as db:
             turn = await _character_turn(db, turn_id)
-            position = len(turn.alternatives)
-            await db.execute(
+            first = len(turn.alternatives)
+            await db.executemany(
                 "INSERT INTO alternatives (turn_id, position, text) VALUES (?, ?, ?)",
-                (turn_id, position, text),
+                [(turn_id, first + offset, text) for offset, text in enumerate(texts)],
             )
-            await _select_alternative(db, turn_id, position, text)
+            await _select_alternative(db, turn_id, first, texts[0])
             return await _turn_by_id(db, turn_id)
 
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pygbot.cogs.reply_view import NEXT_ID, NOT_NEWEST, PREVIOUS_ID, REGENERATE_ID
+from pygbot.engine import Engine
 from pygbot.store import Store
 from tests.discord_harness import (
     Server,
@@ -16,6 +17,7 @@ from tests.discord_harness import (
     eventually,
 )
 from tests.scripted_engine import ScriptedEngine
+from tests.swipes import check_reroll, reroll_and_browse
 
 JSON = dict[str, Any]
 
@@ -165,3 +167,22 @@ async def test_deleting_a_message_whose_reply_is_queued_cancels_it(
     assert len(prompts) == 1 and "never mind" not in prompts[0]
     assert not [m for m in discord.messages(server.roleplay_two) if m.get("message_reference")]
     assert "Aria never mind this one" not in await remembered(db_path, server.roleplay_two.id)
+
+
+async def test_one_reroll_brings_several_alternatives_browsed_without_generating(
+    server: Server, db_path: Path, tiny_engine: Engine,
+) -> None:
+    settings = bot_settings(server, db_path, swipe_candidates=3)
+    async with bot_with_engine(server, settings, tiny_engine) as services:
+        asked = await server.discord.send_message(server.roleplay, server.member,
+                                                  server.mention("Tell me a story"))
+        reply = await server.discord.wait_for_message(
+            server.roleplay, lambda m: (m.get("message_reference") or {}).get("message_id")
+            == asked["id"])
+        requests_before = services.worker.stats().requests
+        reroll = await reroll_and_browse(server, services.store, reply,
+                                         lambda: services.worker.stats().requests)
+        rerolled_with = services.worker.stats().requests - requests_before
+    check_reroll(reroll, candidates=3)
+    assert rerolled_with == 3  # the three candidates, sampled together
+    assert (await remembered(db_path, server.roleplay.id))[-1] == reroll.turn.text

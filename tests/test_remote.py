@@ -29,6 +29,7 @@ from pygbot.remote import RemoteConfig, RemoteEngine
 from pygbot.tokenizer import TokenCounter
 from tests.completion_server import FaultProxy, TransformersServe, free_port
 from tests.discord_harness import REPO, Server, bot_from_settings, bot_settings, eventually
+from tests.swipes import check_reroll, reroll_and_browse
 
 GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0, top_p=1.0, top_k=0,
                           repetition_penalty=1.0, min_p=0.0, dry_multiplier=0.0)
@@ -248,6 +249,24 @@ async def test_regenerate_through_the_server_adds_an_alternative(
     assert latest.alternatives[0] == first and len(latest.alternatives) == 2
     assert latest.text == server.discord.message(reply)["content"] == latest.alternatives[1]
     assert len(proxy.bodies) >= 2 and proxy.bodies[-1]["prompt"] == proxy.bodies[0]["prompt"]
+
+
+async def test_one_reroll_asks_the_server_for_several_alternatives_browsed_without_requests(
+    server: Server, db_path: Path, proxy: FaultProxy, tiny_model_dir: Path,
+) -> None:
+    settings = remote_settings(server, db_path, proxy.url, tiny_model_dir, swipe_candidates=3)
+    async with bot_from_settings(server, settings) as services:
+        reply = await answer_to(server, await mention(server, "Tell me a story"))
+        asked_before = len(proxy.bodies)
+        reroll = await reroll_and_browse(server, services.store, reply,
+                                         lambda: len(proxy.bodies))
+    check_reroll(reroll, candidates=3)
+    rerolled = proxy.bodies[asked_before:]
+    # transformers serve ignores `n`: three requests side by side, each with its own seed.
+    assert len(rerolled) == 3 and all("n" not in body for body in rerolled)
+    assert len({body["seed"] for body in rerolled}) == 3
+    assert all(body["prompt"] == proxy.bodies[0]["prompt"] for body in rerolled)
+    assert [body["stream"] for body in rerolled].count(True) == 1  # the one shown growing
 
 
 async def _has_buttons(server: Server, reply: dict[str, Any]) -> bool:

@@ -344,6 +344,21 @@ async def test_add_alternative_appends_and_selects_it(store: Store) -> None:
     assert await store.history(CHANNEL) == [updated]
 
 
+async def test_several_alternatives_are_added_at_once_and_the_first_is_remembered(
+    store: Store, db_path: Path,
+) -> None:
+    [reply] = await store.add_turns(CHANNEL, [character("first")])
+
+    updated = await store.add_alternatives(reply.id, ["second", "third", "fourth"])
+    await store.close()
+
+    assert (updated.text, updated.chosen) == ("second", 1)
+    async with await Store.open(db_path) as reopened:
+        [remembered] = await reopened.history(CHANNEL)
+    assert (remembered.text, remembered.alternatives, remembered.chosen) == (
+        "second", ("first", "second", "third", "fourth"), 1)
+
+
 async def test_choose_alternative_makes_it_the_remembered_text(store: Store, db_path: Path) -> None:
     [reply] = await store.add_turns(CHANNEL, [character("first")])
     await store.add_alternative(reply.id, "second")
