@@ -54,13 +54,13 @@ async def reroll_and_browse(server: Server, store: Store, reply: JSON,
 
     look()
     before = generations()
+    def moved_from(label: str) -> Callable[[], bool]:
+        return lambda: buttons(discord.message(reply))[POSITION_ID]["label"] != label
+
     for button in (NEXT_ID, PREVIOUS_ID):
-        label = labels[-1]
         click = await discord.click_button(discord.message(reply), button, server.member)
         await click.response()
-        await discord.wait_for(
-            lambda label=label: buttons(discord.message(reply))[POSITION_ID]["label"] != label,
-            timeout=WAIT_S)
+        await discord.wait_for(moved_from(labels[-1]), timeout=WAIT_S)
         look()
     turn = (await store.history(server.roleplay.id))[-1]
     return Reroll(turn, labels, shown, generations() - before)
