@@ -46,6 +46,7 @@ BACKOFF_FIRST_S = 0.5  # pause before the second try; doubles with each further 
 BACKOFF_MAX_S = 8.0
 PROBE_TIMEOUT_S = 10.0  # the start-up question "who are you?" gets at most this long
 MAX_DETAIL_CHARS = 200  # of a server's error text, in the log
+_DEFAULTS = Settings()
 
 
 class _RetryableError(Exception):
@@ -54,17 +55,18 @@ class _RetryableError(Exception):
 
 @dataclass(frozen=True)
 class RemoteConfig:
+    # Defaults are the settings' own, stated once in pygbot.config.
     url: str
-    flavor: str = "vllm"
-    model: str = ""  # empty: the first model the server lists
-    api_key: str = field(default="", repr=False)
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    retries: int = 2
-    window_tokens: int = 1024
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    start_offline: bool = False
+    flavor: str = _DEFAULTS.engine_flavor
+    model: str = _DEFAULTS.engine_model  # empty: the first model the server lists
+    api_key: str = field(default=_DEFAULTS.engine_api_key, repr=False)
+    concurrency: int = _DEFAULTS.engine_concurrency
+    timeout_s: float = _DEFAULTS.engine_timeout_s
+    retries: int = _DEFAULTS.engine_retries
+    window_tokens: int = _DEFAULTS.repetition_window_tokens
+    xtc_probability: float = _DEFAULTS.xtc_probability
+    xtc_threshold: float = _DEFAULTS.xtc_threshold
+    start_offline: bool = _DEFAULTS.engine_start_offline
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteConfig:

@@ -35,6 +35,7 @@ DRY_FLAVORS = frozenset({"aphrodite", "koboldcpp", "llamacpp"})
 WINDOWED_PENALTY_FLAVORS = frozenset({"koboldcpp", "llamacpp"})
 SSE_DATA = "data:"
 SSE_DONE = "[DONE]"
+_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class Sampling:
 
     model: str
     flavor: str
-    window_tokens: int = 1024  # the repetition penalty's range, where the server has one
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
+    # The repetition penalty's range, where the server has one. Defaults are the settings'.
+    window_tokens: int = _DEFAULTS.repetition_window_tokens
+    xtc_probability: float = _DEFAULTS.xtc_probability
+    xtc_threshold: float = _DEFAULTS.xtc_threshold
 
 
 class ServerReplyError(ValueError):
