@@ -137,6 +137,11 @@ OPEN_STATES = ("pending", "answered")  # still owed to the member
 _OPEN_STATES_SQL = "('pending', 'answered')"
 
 
+class StoreClosedError(RuntimeError):
+    """The database was closed (the bot is stopping): nothing was read or written. Not a
+    `StoreError`: nothing is wrong with the data, and members must not be told it failed."""
+
+
 class StoreError(Exception):
     """The database cannot be used as asked; `str()` says why in one line."""
 
@@ -600,6 +605,8 @@ class Store:
         either way the ROLLBACK closes it, and is a no-op when nothing is open.
         """
         async with self._lock:
+            if self._closed:  # rather than aiosqlite's bare "no active connection"
+                raise StoreClosedError("the database is closed: the bot is stopping")
             try:
                 await self._begin(begin)
                 yield self._db

@@ -17,6 +17,7 @@ from pygbot.store import (
     GuildSettings,
     NewTurn,
     Store,
+    StoreClosedError,
     StoreError,
     UnknownTurnError,
 )
@@ -514,3 +515,12 @@ async def test_renaming_a_character_follows_every_place_that_chose_it(store: Sto
     await store.rename_persona_choices(GUILD, "MIRA", "Mirabel")
     assert await store.active_persona(GUILD) == "Mirabel"
     assert await store.active_persona(GUILD, CHANNEL) == "Mirabel"
+
+
+async def test_a_closed_store_says_so_rather_than_failing_obscurely(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await store.close()
+    with pytest.raises(StoreClosedError, match="closed"):
+        await store.history(CHANNEL)
+    with pytest.raises(StoreClosedError):
+        await store.add_turns(CHANNEL, [character("late")])
