@@ -319,10 +319,10 @@ class ChatService:
         on_partial: PartialListener | None = None, *, candidates: int = 1,
     ) -> list[str]:
         """Sample `candidates` replies together and keep, in order, those that may be posted
-        (at least one): a reply that has the character use another name is dropped and, with
-        the guard on, loops are trimmed and near-duplicates (of recent replies or of a kept
-        candidate) dropped. When none is left the next try samples again; a reply that fails
-        every try is not posted."""
+        (at least one): a reply that has the character use another name or has no words is
+        dropped and, with the guard on, loops are trimmed and near-duplicates (of recent
+        replies or of a kept candidate) dropped. When none is left the next try samples
+        again; a reply that fails every try is not posted."""
         config = self._config
         prompt = build_prompt(persona, turns, config.prompt_budget, self._count_tokens,
                               config.repetition_window_tokens)
