@@ -110,10 +110,11 @@ class RecordingWorker(Worker):
         super().__init__(engine, queue_max=8, max_batch=1)
         self.results: list[tuple[GenerationRequest, GenerationResult]] = []
 
-    async def submit(self, request: GenerationRequest) -> GenerationResult:
-        result = await super().submit(request)
-        self.results.append((request, result))
-        return result
+    async def submit_together(self, requests: Sequence[GenerationRequest]
+                              ) -> list[GenerationResult]:
+        results = await super().submit_together(requests)  # `submit` comes here too
+        self.results.extend(zip(requests, results, strict=True))
+        return results
 
 
 async def run_pygbot(engine: Engine, config: ChatConfig, system: str, character: str, *,

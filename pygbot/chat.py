@@ -96,6 +96,7 @@ class ChatConfig:
     near_duplicate_threshold: float = _DEFAULTS.near_duplicate_threshold
     repetition_window_tokens: int = _DEFAULTS.repetition_window_tokens
     max_characters_per_channel: int = _DEFAULTS.max_characters_per_channel
+    swipe_candidates: int = _DEFAULTS.swipe_candidates
 
     @classmethod
     def from_settings(
@@ -123,6 +124,7 @@ class ChatConfig:
             near_duplicate_threshold=settings.near_duplicate_threshold,
             repetition_window_tokens=settings.repetition_window_tokens,
             max_characters_per_channel=settings.max_characters_per_channel,
+            swipe_candidates=settings.swipe_candidates,
         )
 
     @property
@@ -215,9 +217,9 @@ class ChatService:
             history = await self._conversation(channel_id, roster.names)
             turns = [*self._turns(history, persona),
                      *(self._turn(m.author.display_name, m.text, persona) for m in said)]
-            reply_text = await self._generate(channel_id, _for_member(persona, member), turns,
-                                              _character_texts(history), on_partial,
-                                              others=_others(roster, persona))
+            [reply_text] = await self._generate(channel_id, _for_member(persona, member), turns,
+                                                _character_texts(history), on_partial,
+                                                others=_others(roster, persona))
             *user_turns, turn = await self._store.add_turns(channel_id, [
                 *(NewTurn("user", m.author.display_name, m.text, m.author.id, m.message_id)
                   for m in said),
@@ -227,8 +229,9 @@ class ChatService:
 
     async def regenerate(self, channel_id: int, guild_id: int,
                          on_partial: PartialListener | None = None) -> StoredTurn:
-        """A new alternative for the character's latest reply; it becomes the one remembered.
-        `on_partial` streams it as in `reply`."""
+        """New alternatives for the character's latest reply (up to SWIPE_CANDIDATES, sampled
+        together); the first becomes the one remembered, the others wait behind ▶.
+        `on_partial` streams the first candidate as in `reply`."""
         async with self._locks[channel_id]:
             roster = await self._roster.roster(guild_id, channel_id)
             history = await self._conversation(channel_id, roster.names)
@@ -242,10 +245,11 @@ class ChatService:
             latest = history[-1]
             earlier = history[:-1]
             avoid = [*_character_texts(earlier), *latest.alternatives]
-            reply_text = await self._generate(channel_id, _for_member(persona, history[-2].name),
-                                              self._turns(earlier, persona), avoid, on_partial,
-                                              others=_others(roster, persona))
-            return await self._store.add_alternative(latest.id, reply_text)
+            texts = await self._generate(channel_id, _for_member(persona, history[-2].name),
+                                         self._turns(earlier, persona), avoid, on_partial,
+                                         candidates=self._config.swipe_candidates,
+                                         others=_others(roster, persona))
+            return await self._store.add_alternatives(latest.id, texts)
 
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
         return await self._store.choose_alternative(turn_id, index)
@@ -334,12 +338,15 @@ class ChatService:
 
     async def _generate(
         self, channel_id: int, persona: Persona, turns: Sequence[Turn], recent: Sequence[str],
-        on_partial: PartialListener | None = None, *, others: Sequence[str] = (),
-    ) -> str:
-        """Sample a reply; resample one that has the character use another name and, with the
-        guard on, trim loops and resample near-duplicates. A reply that fails every try is
-        not posted. `others`: the channel's other characters, whose turns end the reply too
-        (even before they have spoken)."""
+        on_partial: PartialListener | None = None, *, candidates: int = 1,
+        others: Sequence[str] = (),
+    ) -> list[str]:
+        """Sample `candidates` replies together and keep, in order, those that may be posted
+        (at least one): a reply that has the character use another name or has no words is
+        dropped and, with the guard on, loops are trimmed and near-duplicates (of recent
+        replies or of a kept candidate) dropped. When none is left the next try samples
+        again; a reply that fails every try is not posted. `others`: the channel's other
+        characters, whose turns end the reply too (even before they have spoken)."""
         config = self._config
         prompt = _with_speakers(build_prompt(persona, turns, config.prompt_budget,
                                              self._count_tokens,
@@ -348,14 +355,17 @@ class ChatService:
         attempts = 1 if self._greedy else 1 + config.repetition_retries
         rejected = False
         for attempt in range(attempts):
-            text = await self._sample(channel_id, persona, prompt, attempt, on_partial)
-            if not text:
-                continue
-            problem = self._problem(text, persona, recent)
-            if problem is None:
-                return text
-            log.info("reply %d of %d %s; resampling", attempt + 1, attempts, problem)
-            rejected = True
+            kept: list[str] = []
+            for text in await self._sample(channel_id, persona, prompt, attempt, on_partial,
+                                           candidates=candidates):
+                problem = self._problem(text, persona, [*recent, *kept]) if text else "is empty"
+                if problem is None:
+                    kept.append(text)
+                    continue
+                log.info("reply %d of %d %s", attempt + 1, attempts, problem)
+                rejected = rejected or bool(text)
+            if kept:
+                return kept
         if rejected:
             raise RejectedReplyError(
                 "every sample repeated a recent reply, used another name or had no words")
@@ -378,30 +388,36 @@ class ChatService:
         return None
 
     async def _sample(self, channel_id: int, persona: Persona, prompt: RenderedPrompt,
-                      attempt: int, on_partial: PartialListener | None = None) -> str:
+                      attempt: int, on_partial: PartialListener | None = None, *,
+                      candidates: int = 1) -> list[str]:
+        """`candidates` replies to `prompt`, each with its own seed, as one worker job (one
+        batch locally, one request with `n` where a server honours it); only the first
+        streams."""
         params = self._config.params
         if attempt and params.temperature > 0:
             hotter = params.temperature + RETRY_TEMPERATURE_STEP * attempt
             params = replace(params, temperature=min(hotter, MAX_RETRY_TEMPERATURE))
-        params = replace(params, seed=self._rng.randrange(SEED_RANGE))
         guard = self._config.repetition_guard
         # Without the guard the penalty covers the whole prompt, as transformers' own
         # repetition_penalty does: the persona's name and facts are punished too.
         penalty_from = prompt.penalty_from if guard else 0
         relay = self._relay(persona, prompt, on_partial)
+        requests = [GenerationRequest(
+            prompt.text, prompt.stop_strings,
+            replace(params, seed=self._rng.randrange(SEED_RANGE)), penalty_from,
+            dry_sequence_breakers=(*STRUCTURE_BREAKERS, *prompt.speakers),
+            # The engine keeps the channel's KV states for its next turn's prompt.
+            cache_key=f"channel:{channel_id}",
+            on_text=relay.on_text if relay and index == 0 else None)
+            for index in range(candidates)]
         try:
-            result = await self._worker.submit(GenerationRequest(
-                prompt.text, prompt.stop_strings, params, penalty_from,
-                dry_sequence_breakers=(*STRUCTURE_BREAKERS, *prompt.speakers),
-                # The engine keeps the channel's KV states for its next turn's prompt.
-                cache_key=f"channel:{channel_id}",
-                on_text=relay.on_text if relay else None))
+            results = await self._worker.submit_together(requests)
         finally:
             if relay is not None:
                 relay.close()
-        return final_reply(result.text, persona.name, prompt.speakers,
-                           hit_token_limit=result.new_tokens >= params.max_new_tokens,
-                           trim_loops=guard)
+        return [final_reply(result.text, persona.name, prompt.speakers,
+                            hit_token_limit=result.new_tokens >= params.max_new_tokens,
+                            trim_loops=guard) for result in results]
 
     def _relay(self, persona: Persona, prompt: RenderedPrompt,
                on_partial: PartialListener | None) -> TextRelay | None:

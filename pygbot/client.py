@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from typing import Any
 
 import aiohttp
@@ -30,6 +31,7 @@ from pygbot.ratelimit import MemberRateLimiter
 from pygbot.remote import RemoteEngine
 from pygbot.sharding import guild_owner
 from pygbot.startup import StartupError
+from pygbot.store import StoreClosedError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,15 @@ class PygBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d server(s)", self.user, len(self.guilds))
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        """An event that came in while the bot stops (the start-up catch-up, a deletion)
+        finds the database closed: nothing is lost (what was not read back or recorded is
+        read back at the next start), so that is one line, not a traceback."""
+        if isinstance(sys.exc_info()[1], StoreClosedError) and self.intake.stopping:
+            log.info("%s left for the next start: the bot is stopping", event_method)
+            return
+        await super().on_error(event_method, *args, **kwargs)
 
     async def _sync_commands(self) -> None:
         """Register the slash commands with Discord. A failure is one log line, not the end:

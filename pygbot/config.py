@@ -77,6 +77,7 @@ class Settings:
     repetition_guard: bool = True
     repetition_retries: int = 2
     near_duplicate_threshold: float = 0.75
+    swipe_candidates: int = 1
     queue_max: int = 32
     max_batch: int = 4
     prefix_cache_mb: int | None = None  # None: the device's default (pygbot.engine)
@@ -338,6 +339,9 @@ _KEYS: tuple[_Key, ...] = (
          "name"),
     _key("NEAR_DUPLICATE_THRESHOLD", _number("NEAR_DUPLICATE_THRESHOLD", float, 0.1, 1.0),
          "Similarity to one of the last 5 replies that counts as a repeat"),
+    _key("SWIPE_CANDIDATES", _number("SWIPE_CANDIDATES", int, 1, 8),
+         "Alternatives one 🔄 generates together (◀ ▶ browse them with no new generation); "
+         "each extra one costs time on a CPU"),
     _key("QUEUE_MAX", _number("QUEUE_MAX", int, 1, 10000),
          "Replies generated or waiting for the model at once; more channels wait their turn"),
     _key("MAX_BATCH", _number("MAX_BATCH", int, 1, 64), "Requests generated together in one batch"),

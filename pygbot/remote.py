@@ -7,7 +7,8 @@ where aiohttp sends its requests side by side, at most ENGINE_CONCURRENCY at onc
 server batches them and reuses their shared prefixes). Requests that differ only in their
 seed (swipes) become one request with `n` choices on servers that honour `n`, and parallel
 requests elsewhere. A request with an `on_text` listener is streamed (server-sent events) so
-replies grow on screen as with the local engine.
+replies grow on screen as with the local engine. A prompt leaves with its special-token text
+kept as text (`pygbot.special_text`), as the local engine reads it.
 
 Timeouts, refused connections, 5xx and 429 are tried again with doubling pauses; after the
 last try `EngineUnavailableError` reaches the member as a notice. A 4xx is a setting the
@@ -46,6 +47,7 @@ BACKOFF_FIRST_S = 0.5  # pause before the second try; doubles with each further 
 BACKOFF_MAX_S = 8.0
 PROBE_TIMEOUT_S = 10.0  # the start-up question "who are you?" gets at most this long
 MAX_DETAIL_CHARS = 200  # of a server's error text, in the log
+_DEFAULTS = Settings()
 
 
 class _RetryableError(Exception):
@@ -54,17 +56,18 @@ class _RetryableError(Exception):
 
 @dataclass(frozen=True)
 class RemoteConfig:
+    # Defaults are the settings' own, stated once in pygbot.config.
     url: str
-    flavor: str = "vllm"
-    model: str = ""  # empty: the first model the server lists
-    api_key: str = field(default="", repr=False)
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    retries: int = 2
-    window_tokens: int = 1024
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    start_offline: bool = False
+    flavor: str = _DEFAULTS.engine_flavor
+    model: str = _DEFAULTS.engine_model  # empty: the first model the server lists
+    api_key: str = field(default=_DEFAULTS.engine_api_key, repr=False)
+    concurrency: int = _DEFAULTS.engine_concurrency
+    timeout_s: float = _DEFAULTS.engine_timeout_s
+    retries: int = _DEFAULTS.engine_retries
+    window_tokens: int = _DEFAULTS.repetition_window_tokens
+    xtc_probability: float = _DEFAULTS.xtc_probability
+    xtc_threshold: float = _DEFAULTS.xtc_threshold
+    start_offline: bool = _DEFAULTS.engine_start_offline
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteConfig:
@@ -213,8 +216,9 @@ class RemoteEngine:
         started = time.perf_counter()
         if not self.model_name and not self.config.model:
             await self.probe()  # started offline: learn the model name now
-        groups = _swipe_groups(requests, honours_n(self.config.flavor))
-        answers = await asyncio.gather(*(self._answer([requests[i] for i in group])
+        outgoing = [self._for_server(request) for request in requests]
+        groups = _swipe_groups(outgoing, honours_n(self.config.flavor))
+        answers = await asyncio.gather(*(self._answer([outgoing[i] for i in group])
                                          for group in groups))
         seconds = time.perf_counter() - started
         results: list[GenerationResult | None] = [None] * len(requests)
@@ -223,6 +227,16 @@ class RemoteEngine:
                 results[index] = self._result(requests[index], choice, seconds)
         return [result for result in results if result is not None]
 
+    def _for_server(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with no text the server's tokenizer would take for a special token
+        (a member's "<|endoftext|>" stays characters); its listener hears restored text."""
+        special = self._counter.special_text
+        return replace(
+            request, prompt=special.plain(request.prompt),
+            stop_strings=tuple(map(special.plain, request.stop_strings)),
+            dry_sequence_breakers=tuple(map(special.plain, request.dry_sequence_breakers)),
+            on_text=special.restoring(request.on_text) if request.on_text else None)
+
     def _result(self, request: GenerationRequest, choice: Choice,
                 seconds: float) -> GenerationResult:
         tokens = choice.completion_tokens
@@ -230,7 +244,8 @@ class RemoteEngine:
             tokens = self.count_tokens(choice.text)
         if choice.finish_reason == "length":  # the chat trims an unfinished last sentence
             tokens = max(tokens, request.params.max_new_tokens)
-        return GenerationResult(choice.text, tokens, seconds)
+        return GenerationResult(self._counter.special_text.restore(choice.text), tokens,
+                                seconds, prompt_tokens=choice.prompt_tokens or 0)
 
     # --- one request, with retries ---------------------------------------------------------------
 

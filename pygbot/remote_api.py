@@ -35,6 +35,7 @@ DRY_FLAVORS = frozenset({"aphrodite", "koboldcpp", "llamacpp"})
 WINDOWED_PENALTY_FLAVORS = frozenset({"koboldcpp", "llamacpp"})
 SSE_DATA = "data:"
 SSE_DONE = "[DONE]"
+_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class Sampling:
 
     model: str
     flavor: str
-    window_tokens: int = 1024  # the repetition penalty's range, where the server has one
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
+    # The repetition penalty's range, where the server has one. Defaults are the settings'.
+    window_tokens: int = _DEFAULTS.repetition_window_tokens
+    xtc_probability: float = _DEFAULTS.xtc_probability
+    xtc_threshold: float = _DEFAULTS.xtc_threshold
 
 
 class ServerReplyError(ValueError):
@@ -161,6 +163,7 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int | None = None  # from the server's usage, when it is per choice
+    prompt_tokens: int | None = None  # from the server's usage: the prompt as it tokenized it
 
 
 def choices_of(reply: Any, n: int) -> list[Choice]:
@@ -172,10 +175,20 @@ def choices_of(reply: Any, n: int) -> list[Choice]:
         index = int(raw.get("index", 0))
         if 0 <= index < n:
             choices[index] = Choice(str(raw.get("text") or ""), raw.get("finish_reason"))
-    tokens = (reply.get("usage") or {}).get("completion_tokens")
-    if n == 1 and isinstance(tokens, int):
-        choices[0].completion_tokens = tokens
+    _take_usage(reply, choices)
     return choices
+
+
+def _take_usage(event: dict[str, Any], choices: list[Choice]) -> None:
+    """The token counts of a usage object; completion tokens only when there is one choice
+    (a server sums them over all)."""
+    usage = event.get("usage") or {}
+    tokens, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
+    if len(choices) == 1 and isinstance(tokens, int):
+        choices[0].completion_tokens = tokens
+    if isinstance(prompt, int):
+        for choice in choices:
+            choice.prompt_tokens = prompt
 
 
 @dataclass
@@ -222,9 +235,7 @@ class StreamAccumulator:
                 grown.append(index)
             if raw.get("finish_reason"):
                 self.choices[index].finish_reason = raw["finish_reason"]
-        tokens = (event.get("usage") or {}).get("completion_tokens")
-        if self.n == 1 and isinstance(tokens, int):
-            self.choices[0].completion_tokens = tokens
+        _take_usage(event, self.choices)
         return grown
 
 

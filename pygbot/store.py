@@ -161,6 +161,11 @@ OPEN_STATES = ("pending", "answered")  # still owed to the member
 _OPEN_STATES_SQL = "('pending', 'answered')"
 
 
+class StoreClosedError(RuntimeError):
+    """The database was closed (the bot is stopping): nothing was read or written. Not a
+    `StoreError`: nothing is wrong with the data, and members must not be told it failed."""
+
+
 class StoreError(Exception):
     """The database cannot be used as asked; `str()` says why in one line."""
 
@@ -349,14 +354,21 @@ class Store:
 
     async def add_alternative(self, turn_id: int, text: str) -> StoredTurn:
         """Append a regenerated reply to a character turn and make it the one remembered."""
+        return await self.add_alternatives(turn_id, [text])
+
+    async def add_alternatives(self, turn_id: int, texts: Sequence[str]) -> StoredTurn:
+        """Append regenerated replies to a character turn, in order, in one transaction, and
+        make the first of them the one remembered."""
+        if not texts:
+            raise ValueError("add_alternatives() needs at least one text")
         async with self._transaction() as db:
             turn = await _character_turn(db, turn_id)
-            position = len(turn.alternatives)
-            await db.execute(
+            first = len(turn.alternatives)
+            await db.executemany(
                 "INSERT INTO alternatives (turn_id, position, text) VALUES (?, ?, ?)",
-                (turn_id, position, text),
+                [(turn_id, first + offset, text) for offset, text in enumerate(texts)],
             )
-            await _select_alternative(db, turn_id, position, text)
+            await _select_alternative(db, turn_id, first, texts[0])
             return await _turn_by_id(db, turn_id)
 
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
@@ -679,6 +691,8 @@ class Store:
         either way the ROLLBACK closes it, and is a no-op when nothing is open.
         """
         async with self._lock:
+            if self._closed:  # rather than aiosqlite's bare "no active connection"
+                raise StoreClosedError("the database is closed: the bot is stopping")
             try:
                 await self._begin(begin)
                 yield self._db

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from pygbot.special_text import SpecialTokenText
+
 MAX_REASON_CHARS = 200
 
 
@@ -19,6 +21,11 @@ class TokenCounter:
     def __init__(self, source: str, tokenizer: PreTrainedTokenizerBase) -> None:
         self.source = source
         self._tokenizer = tokenizer
+        # What the server must never read as a special token (see pygbot.special_text).
+        self.special_text = SpecialTokenText([
+            *tokenizer.all_special_tokens,
+            *(added.content for added in tokenizer.added_tokens_decoder.values()
+              if added.special)])
         # The Rust tokenizer refuses ("Already borrowed") concurrent use from two threads.
         self._lock = threading.Lock()
 
@@ -38,5 +45,8 @@ class TokenCounter:
         return cls(source, tokenizer)
 
     def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as the server receives it: with its special-token text kept
+        as text."""
+        plain = self.special_text.plain(text)
         with self._lock:
-            return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+            return len(self._tokenizer(plain, add_special_tokens=False)["input_ids"])

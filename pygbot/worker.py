@@ -4,6 +4,10 @@ Requests wait in a bounded queue; the worker takes up to `max_batch` of them at 
 runs them as one batch in a thread, so the event loop (heartbeats, other channels) never
 blocks on the model and several channels waiting together cost about one generation.
 
+Several requests that belong together (a 🔄's candidates) are one job: they always go to
+the engine in the same batch, so the local engine samples them as rows of one generation and
+a remote engine can ask its server for them in one request with `n`.
+
 A burst of mentions reaches the queue a few milliseconds apart (each channel reads its
 history first), so an idle worker gathers briefly before it starts: without that, the first
 request of every burst ran alone and the rest waited for it (batches of [1, 3]).
@@ -60,8 +64,8 @@ class WorkerStats:
 
 @dataclass
 class _Job:
-    request: GenerationRequest
-    future: asyncio.Future[GenerationResult] = field(repr=False)
+    requests: tuple[GenerationRequest, ...]  # never split across batches
+    future: asyncio.Future[list[GenerationResult]] = field(repr=False)
 
 
 class Worker:
@@ -75,8 +79,9 @@ class Worker:
         self._batch_slots = asyncio.Semaphore(concurrent_batches)
         self._batches_running = 0
         self._task: asyncio.Task[None] | None = None
+        self._held: _Job | None = None  # taken from the queue, first in the next batch
         self._closed = False
-        self._live: set[asyncio.Future[GenerationResult]] = set()  # queued or generating
+        self._live: set[asyncio.Future[list[GenerationResult]]] = set()  # queued or generating
         self._idle = asyncio.Event()
         self._idle.set()
         self._requests = self._failures = self._new_tokens = 0
@@ -107,9 +112,18 @@ class Worker:
         Cancelling the caller (a deleted message, a shutdown) withdraws the request: the worker
         skips jobs whose future is already done.
         """
+        [result] = await self.submit_together([request])
+        return result
+
+    async def submit_together(self, requests: Sequence[GenerationRequest]
+                              ) -> list[GenerationResult]:
+        """Queue `requests` as one job that goes to the engine in one batch (even past
+        `max_batch`); results in their order. Waits and withdraws as `submit` does."""
+        if not requests:
+            raise ValueError("submit_together() needs at least one request")
         if self._closed or self._task is None:
             raise WorkerClosedError("the model worker is not running")
-        job = _Job(request, asyncio.get_running_loop().create_future())
+        job = _Job(tuple(requests), asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -121,10 +135,11 @@ class Worker:
     async def close(self) -> None:
         """Fail the queued requests, let the batch in progress finish, stop the worker."""
         self._closed = True
+        waiting = [self._held] if self._held is not None else []
+        self._held = None
         while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(WorkerClosedError("the bot is shutting down"))
+            waiting.append(self._queue.get_nowait())
+        self._fail(waiting, WorkerClosedError("the bot is shutting down"))
         # The thread running generate() cannot be interrupted; waiting for it keeps the model
         # from being torn down mid-batch and answers the members already being served.
         await self._idle.wait()
@@ -158,10 +173,14 @@ class Worker:
                 self._idle.set()
 
     async def _next_batch(self) -> list[_Job]:
-        jobs = [await self._queue.get()]
+        """Jobs for one batch: at most `max_batch` requests, unless one job alone has more
+        (a job is never split); a job that would not fit waits for the next batch."""
+        first, self._held = self._held, None
+        jobs = [first or await self._queue.get()]
+        rows = len(jobs[0].requests)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BATCH_GATHER_S
-        while len(jobs) < self._max_batch:
+        while rows < self._max_batch:
             if self._queue.empty():
                 # Polling rather than wait_for(get()): a timed-out get could race a put.
                 if loop.time() >= deadline:
@@ -169,12 +188,17 @@ class Worker:
                 await asyncio.sleep(BATCH_QUIET_S)
                 if self._queue.empty():
                     break
-            jobs.append(self._queue.get_nowait())
+            job = self._queue.get_nowait()
+            if rows + len(job.requests) > self._max_batch:
+                self._held = job
+                break
+            jobs.append(job)
+            rows += len(job.requests)
         return [job for job in jobs if not job.future.done()]
 
     async def _run(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
-        requests = [job.request for job in batch]
+        requests = [request for job in batch for request in job.requests]
         agenerate = getattr(self._engine, "agenerate", None)
         try:
             if agenerate is not None:
@@ -195,9 +219,16 @@ class Worker:
             self._fail(batch, error)
         else:
             self._record(results, time.perf_counter() - started)
-            for job, result in zip(batch, results, strict=True):
+            if len(results) != len(requests):  # an engine's bug: nobody may wait forever
+                self._fail(batch, RuntimeError(f"the engine returned {len(results)} results "
+                                               f"for {len(requests)} requests"))
+                return
+            start = 0
+            for job in batch:
+                end = start + len(job.requests)
                 if not job.future.done():
-                    job.future.set_result(result)
+                    job.future.set_result(list(results[start:end]))
+                start = end
 
     def _record(self, results: Sequence[GenerationResult], seconds: float) -> None:
         self._requests += len(results)

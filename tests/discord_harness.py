@@ -81,12 +81,18 @@ async def bot_with_engine(server: Server, settings: Settings, engine: Any,
     """pygbot's real parts around `engine` (a tiny model or a scripted stand-in)."""
     async with await Store.open(settings.db_path) as store, \
             Worker(engine, settings.queue_max, settings.max_batch) as worker:
-        library = PersonaLibrary.from_dir(store, settings.personas_dir, settings.default_persona)
-        chat = ChatService(store, worker, library, engine.count_tokens,
-                           ChatConfig.from_settings(settings), seed=seed)
-        services = Services(settings, store, library, engine, worker, chat)
+        services = services_around(settings, store, worker, engine, seed)
         async with connected(PygBot(services, guild_ready_timeout=0.1), server.discord):
             yield services
+
+
+def services_around(settings: Settings, store: Store, worker: Worker, engine: Any,
+                    seed: int = 3) -> Services:
+    """The chat service and the rest on an open store and a running worker."""
+    library = PersonaLibrary.from_dir(store, settings.personas_dir, settings.default_persona)
+    chat = ChatService(store, worker, library, engine.count_tokens,
+                       ChatConfig.from_settings(settings), seed=seed)
+    return Services(settings, store, library, engine, worker, chat)
 
 
 @contextlib.asynccontextmanager

@@ -35,6 +35,7 @@ class ScriptedEngine:
         self._replies = list(replies)
         self.count_tokens = count_tokens
         self.requests: list[GenerationRequest] = []
+        self.batches: list[int] = []  # requests per generate call, in call order
         self._release = release  # when given, generate() waits for it: a "slow" model
         self.step_seconds = step_seconds
         self._pauses: list[tuple[str, threading.Event]] = []
@@ -52,6 +53,7 @@ class ScriptedEngine:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if self._release is not None:
             self._release.wait(timeout=HOLD_LIMIT_S)
+        self.batches.append(len(requests))
         results = []
         for request in requests:
             self.requests.append(request)

@@ -226,6 +226,41 @@ async def test_regenerate_adds_an_alternative_that_becomes_the_memory(
     assert "Tell me something\nAria:" in engine.requests[1].prompt
 
 
+async def test_one_regenerate_samples_its_candidates_together_and_stores_them_all(
+    store: Store, count_tokens: Callable[[str], int],
+) -> None:
+    engine = ScriptedEngine([" First answer."], count_tokens)
+    async with Worker(engine, max_batch=1) as worker:  # a job of 3 is never split
+        chat = make_chat(store, engine, worker, swipe_candidates=3)
+        first = await chat.reply(CHANNEL, GUILD, SAM, "Tell me something")
+        engine.script(" A comet flew by.", " The rings are lovely.", " Tea is ready.")
+        regenerated = await chat.regenerate(CHANNEL, GUILD)
+    assert engine.batches == [1, 3]  # the reply alone, the candidates in one generate call
+    assert len({request.params.seed for request in engine.requests[1:]}) == 3
+    assert regenerated.alternatives == ("First answer.", "A comet flew by.",
+                                        "The rings are lovely.", "Tea is ready.")
+    assert regenerated.chosen == 1 and regenerated.text == "A comet flew by."
+    assert (await store.history(CHANNEL))[-1].text == "A comet flew by."
+    assert (await chat.choose_alternative(first.turn.id, 3)).text == "Tea is ready."
+
+
+async def test_the_guard_keeps_only_candidates_that_repeat_nothing_first_acceptable_shown(
+    store: Store, count_tokens: Callable[[str], int],
+) -> None:
+    engine = ScriptedEngine([" The station hums quietly tonight."], count_tokens)
+    async with Worker(engine) as worker:
+        chat = make_chat(store, engine, worker, swipe_candidates=4)
+        await chat.reply(CHANNEL, GUILD, SAM, "Tell me something")
+        engine.script(" The station hums quietly tonight.",  # the reply shown already
+                      " A comet is passing the window.", "",  # a fresh one, an empty one
+                      " A comet is passing the window!")  # a near-duplicate of a candidate
+        regenerated = await chat.regenerate(CHANNEL, GUILD)
+    assert regenerated.alternatives == ("The station hums quietly tonight.",
+                                        "A comet is passing the window.")
+    assert regenerated.text == "A comet is passing the window." and regenerated.chosen == 1
+    assert engine.batches == [1, 4]
+
+
 async def test_the_greeting_alone_cannot_be_regenerated(
     scripted: tuple[ChatService, ScriptedEngine],
 ) -> None:

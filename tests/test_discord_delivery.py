@@ -4,6 +4,7 @@ floods, Discord errors, engine errors and a locked database."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -13,14 +14,22 @@ from typing import Any
 import pytest
 
 import pygbot.store
+from pygbot.client import PygBot
 from pygbot.cogs.chat import RATE_LIMITED_NOTICE
 from pygbot.cogs.posting import DiscordPoster
 from pygbot.engine import GenerationRequest, GenerationResult
 from pygbot.intake import BACKLOG_NOTICE, DATABASE_FAILED_NOTICE, ENGINE_FAILED_NOTICE
 from pygbot.store import Store
+from pygbot.worker import Worker
 from tests.delivery import Delivery, account, replies_to
-from tests.discord_emulator import Channel
-from tests.discord_harness import Server, bot_settings, bot_with_engine, eventually
+from tests.discord_emulator import Channel, connected
+from tests.discord_harness import (
+    Server,
+    bot_settings,
+    bot_with_engine,
+    eventually,
+    services_around,
+)
 from tests.scripted_engine import ScriptedEngine
 
 JSON = dict[str, Any]
@@ -309,3 +318,37 @@ class locked:  # noqa: N801 - used as a context manager, like contextlib's
         assert self._connection is not None
         self._connection.execute("ROLLBACK")
         self._connection.close()
+
+
+async def test_a_stop_while_the_bot_catches_up_at_start_is_quiet_and_loses_nothing(
+    server: Server, db_path: Path, scripted: ScriptedEngine, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    discord = server.discord
+    asked = await discord.send_message(server.roleplay, server.member,
+                                       server.mention("anyone there?"))  # before the start
+    # Reading the channel back at start-up is slow; the stop comes meanwhile, and closes the
+    # database (as a SIGTERM does) before the catch-up has recorded the message.
+    discord.delay_next("GET /channels/{channel_id}/messages", 1.0)
+    settings = bot_settings(server, db_path)
+    store = await Store.open(db_path)
+    async with Worker(scripted) as worker:
+        bot = PygBot(services_around(settings, store, worker, scripted), guild_ready_timeout=0.1)
+        async def reading_back() -> bool:
+            return any(r.method == "GET" and r.path == f"/channels/{server.roleplay.id}/messages"
+                       for r in discord.requests)
+
+        async with connected(bot, discord):
+            await eventually(reading_back)
+            await bot.intake.stop(0)
+            await store.close()
+            await asyncio.sleep(1.5)  # the catch-up goes on against the closed database
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not problems, [r.getMessage() for r in problems]
+    assert "on_ready left for the next start: the bot is stopping" in caplog.text
+    assert not [m for m in discord.messages(server.roleplay) if m.get("message_reference")]
+    scripted.script(" Yes, I'm here.")  # the next start reads the message back and answers
+    async with bot_with_engine(server, settings, scripted):
+        reply = await discord.wait_for_message(server.roleplay,
+                                               lambda m: m["content"] == "Yes, I'm here.")
+    assert int(reply["message_reference"]["message_id"]) == int(asked["id"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pygbot.cogs.reply_view import NEXT_ID, NOT_NEWEST, PREVIOUS_ID, REGENERATE_ID
+from pygbot.engine import Engine
 from pygbot.store import Store
 from tests.discord_harness import (
     Server,
@@ -16,6 +17,7 @@ from tests.discord_harness import (
     eventually,
 )
 from tests.scripted_engine import ScriptedEngine
+from tests.swipes import check_reroll, reroll_and_browse
 
 JSON = dict[str, Any]
 
@@ -165,3 +167,52 @@ async def test_deleting_a_message_whose_reply_is_queued_cancels_it(
     assert len(prompts) == 1 and "never mind" not in prompts[0]
     assert not [m for m in discord.messages(server.roleplay_two) if m.get("message_reference")]
     assert "Aria never mind this one" not in await remembered(db_path, server.roleplay_two.id)
+
+
+async def test_one_reroll_brings_several_alternatives_browsed_without_generating(
+    server: Server, db_path: Path, tiny_engine: Engine,
+) -> None:
+    settings = bot_settings(server, db_path, swipe_candidates=3)
+    async with bot_with_engine(server, settings, tiny_engine) as services:
+        asked = await server.discord.send_message(server.roleplay, server.member,
+                                                  server.mention("Tell me a story"))
+        reply = await server.discord.wait_for_message(
+            server.roleplay, lambda m: (m.get("message_reference") or {}).get("message_id")
+            == asked["id"])
+        requests_before = services.worker.stats().requests
+        reroll = await reroll_and_browse(server, services.store, reply,
+                                         lambda: services.worker.stats().requests)
+        rerolled_with = services.worker.stats().requests - requests_before
+    check_reroll(reroll, candidates=3)
+    assert rerolled_with == 3  # the three candidates, sampled together
+    assert (await remembered(db_path, server.roleplay.id))[-1] == reroll.turn.text
+
+
+async def test_a_reroll_clicked_while_the_new_reply_is_being_recorded_is_not_refused(
+    server: Server, db_path: Path, scripted: ScriptedEngine,
+) -> None:
+    discord = server.discord
+    settings = bot_settings(server, db_path, stream_replies=False)
+    async with bot_with_engine(server, settings, scripted):
+        scripted.script(" First reply.")
+        _, first = await ask(server, "one", "First reply.")
+
+        async def recorded(text: str) -> bool:
+            async with await Store.open(db_path) as store:
+                latest = (await store.history(server.roleplay.id))[-1]
+            return latest.text == text and latest.message_id is not None
+
+        await eventually(lambda: recorded("First reply."))
+        # The bot posts the new reply with its buttons, then takes the buttons off the first
+        # one (slow here), and only then records the new reply's message: click in between.
+        discord.delay_next("PATCH /channels/{channel_id}/messages/{message_id}", 1.2)
+        scripted.script(" Second reply.", " Rerolled reply.")
+        _, second = await ask(server, "two", "Second reply.")
+        assert not await recorded("Second reply.")  # the moment this test is about
+        early = await discord.click_button(second, REGENERATE_ID, server.member)
+        await early.response()
+        assert early.message is None or early.message["content"] != NOT_NEWEST
+        rerolled = await wait_for_content(server, second, "Rerolled reply.")
+    assert REGENERATE_ID in buttons(rerolled)
+    assert not buttons(discord.message(first))  # the first reply's buttons were retired
+    assert (await remembered(db_path, server.roleplay.id))[-1] == "Rerolled reply."

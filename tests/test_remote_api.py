@@ -8,7 +8,7 @@ import pytest
 
 from pygbot.config import Settings
 from pygbot.engine import GenerationParams, GenerationRequest
-from pygbot.remote import _swipe_groups
+from pygbot.remote import RemoteConfig, _swipe_groups
 from pygbot.remote_api import (
     Sampling,
     ServerReplyError,
@@ -119,3 +119,12 @@ def test_settings_a_server_cannot_honour_are_named() -> None:
     llama = Settings(engine="remote", engine_url="http://x:1", engine_flavor="llamacpp",
                      dry_multiplier=0.8, repetition_penalty=1.1)
     assert unsupported_settings(llama) == []
+
+
+def test_remote_defaults_are_the_settings_defaults() -> None:
+    url = "http://127.0.0.1:8000"
+    assert RemoteConfig(url=url) == RemoteConfig.from_settings(Settings(engine_url=url))
+    default = RemoteConfig(url=url)
+    assert Sampling(model="", flavor=default.flavor) == Sampling(
+        model="", flavor=default.flavor, window_tokens=default.window_tokens,
+        xtc_probability=default.xtc_probability, xtc_threshold=default.xtc_threshold)

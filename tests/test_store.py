@@ -17,6 +17,7 @@ from pygbot.store import (
     GuildSettings,
     NewTurn,
     Store,
+    StoreClosedError,
     StoreError,
     UnknownTurnError,
 )
@@ -344,6 +345,21 @@ async def test_add_alternative_appends_and_selects_it(store: Store) -> None:
     assert await store.history(CHANNEL) == [updated]
 
 
+async def test_several_alternatives_are_added_at_once_and_the_first_is_remembered(
+    store: Store, db_path: Path,
+) -> None:
+    [reply] = await store.add_turns(CHANNEL, [character("first")])
+
+    updated = await store.add_alternatives(reply.id, ["second", "third", "fourth"])
+    await store.close()
+
+    assert (updated.text, updated.chosen) == ("second", 1)
+    async with await Store.open(db_path) as reopened:
+        [remembered] = await reopened.history(CHANNEL)
+    assert (remembered.text, remembered.alternatives, remembered.chosen) == (
+        "second", ("first", "second", "third", "fourth"), 1)
+
+
 async def test_choose_alternative_makes_it_the_remembered_text(store: Store, db_path: Path) -> None:
     [reply] = await store.add_turns(CHANNEL, [character("first")])
     await store.add_alternative(reply.id, "second")
@@ -522,3 +538,12 @@ async def test_a_database_from_before_several_characters_keeps_its_waiting_messa
         await store.join_character(CHANNEL, 1, "Pip")
         assert await store.joined_characters(CHANNEL) == ["Pip"]
     assert read_pragma(db_path, "user_version") == len(shipped)
+
+
+async def test_a_closed_store_says_so_rather_than_failing_obscurely(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await store.close()
+    with pytest.raises(StoreClosedError, match="closed"):
+        await store.history(CHANNEL)
+    with pytest.raises(StoreClosedError):
+        await store.add_turns(CHANNEL, [character("late")])

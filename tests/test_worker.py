@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -155,20 +155,8 @@ async def test_concurrent_batches_are_in_flight_side_by_side() -> None:
     assert engine.most == 3
 
 
-class BatchRecorder(ScriptedEngine):
-    """A scripted engine that remembers the size of every batch it was given."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.batches: list[int] = []
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        self.batches.append(len(requests))
-        return super().generate(requests)
-
-
 async def test_a_burst_arriving_milliseconds_apart_is_one_batch(tiny_engine: Engine) -> None:
-    engine = BatchRecorder([], tiny_engine.count_tokens)
+    engine = ScriptedEngine([], tiny_engine.count_tokens)
     async with Worker(engine, max_batch=8) as worker:
         submissions = []
         for i in range(4):
@@ -177,3 +165,36 @@ async def test_a_burst_arriving_milliseconds_apart_is_one_batch(tiny_engine: Eng
         await asyncio.gather(*submissions)
     assert engine.batches == [4]
 
+
+async def test_requests_submitted_together_are_one_batch_never_split(
+    count_tokens: Callable[[str], int],
+) -> None:
+    engine = ScriptedEngine([" a", " b", " c", " d", " e"], count_tokens)
+    async with Worker(engine, max_batch=2) as worker:
+        alone, together, later = await asyncio.gather(
+            worker.submit(request("one")),
+            worker.submit_together([request("swipe")] * 3),  # more than max_batch
+            worker.submit(request("two")))
+    # The job of 3 did not fit beside the first request: it waited and went whole.
+    assert engine.batches == [1, 3, 1]
+    assert alone.text == " a" and later.text == " e"
+    assert [result.text for result in together] == [" b", " c", " d"]
+
+
+async def test_shutdown_refuses_a_job_held_back_for_the_next_batch(
+    count_tokens: Callable[[str], int],
+) -> None:
+    release = threading.Event()
+    engine = ScriptedEngine([" finished"], count_tokens, release)
+    worker = Worker(engine, max_batch=2)
+    worker.start()
+    first = asyncio.ensure_future(worker.submit(request("first")))
+    held = asyncio.ensure_future(worker.submit_together([request("swipe")] * 2))
+    await asyncio.sleep(0.2)  # the worker took both; the pair waits for the next batch
+    closing = asyncio.ensure_future(worker.close())
+    await asyncio.sleep(0.05)
+    release.set()
+    await closing
+    assert (await first).text == " finished" and engine.batches == [1]
+    with pytest.raises(WorkerClosedError):
+        await held

@@ -13,6 +13,7 @@ shows the reply it showed before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
@@ -37,6 +38,12 @@ POSITION_ID = "pygbot:reply:position"
 REGENERATE_ID = "pygbot:reply:regenerate"
 NEXT_ID = "pygbot:reply:next"
 NOT_NEWEST = "Only the character's newest reply can be rerolled or browsed."
+# The newest reply shows its buttons a moment before the bot has recorded which message it
+# is (the record follows the post, and retiring the older reply's buttons comes between).
+# A click on an unrecorded message waits this long for the record, inside Discord's 3 s
+# limit for answering an interaction, before it is refused as not the newest.
+RECORD_WAIT_S = 2.0
+RECORD_POLL_S = 0.05
 
 
 class ReplyControls(discord.ui.View):
@@ -136,7 +143,7 @@ class ReplyControls(discord.ui.View):
         if not await self._allowed(interaction):
             return None
         message = interaction.message
-        latest = await self.chat.latest_reply(interaction.channel_id or 0)
+        latest = await self._recorded_latest(interaction.channel_id or 0, message)
         if message is not None and latest is not None and latest.message_id == message.id \
                 and await self._still_playing(interaction, latest):
             return latest
@@ -150,6 +157,21 @@ class ReplyControls(discord.ui.View):
         if message is not None:
             await _remove_buttons(message)
         return None
+
+    async def _recorded_latest(self, channel_id: int,
+                               message: discord.Message | None) -> StoredTurn | None:
+        """The channel's newest reply; if it is still being posted (no message recorded yet)
+        and the clicked message shows no turn, that message may be it: wait for the record."""
+        latest = await self.chat.latest_reply(channel_id)
+        if message is None or latest is None or latest.message_id is not None \
+                or await self.chat.shown_turn(message.id) is not None:
+            return latest
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECORD_WAIT_S
+        while latest is not None and latest.message_id is None and loop.time() < deadline:
+            await asyncio.sleep(RECORD_POLL_S)
+            latest = await self.chat.latest_reply(channel_id)
+        return latest
 
     async def _still_playing(self, interaction: discord.Interaction, turn: StoredTurn) -> bool:
         """Whether the character of `turn` is still one playing here: after a switch
