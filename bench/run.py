@@ -492,6 +492,11 @@ def print_conversation(turns: list[ConversationTurn], plan: Plan) -> None:
           f"{prefill_fraction(turns):.3f} of the prompt tokens computed; "
           f"computed mostly whole at turns {', '.join(map(str, full))} (the first, and after "
           "each history chunk dropped)")
+    reused = [t for n, t in enumerate(turns, start=1) if n not in full]
+    if reused:
+        print(f"    the other {len(reused)} turns: time to first token "
+              f"{ttft_ratio(reused):.3f} of uncached, {prefill_fraction(reused):.3f} of the "
+              "prompt tokens computed")
 
 
 def ttft_ratio(turns: Sequence[ConversationTurn]) -> float:
