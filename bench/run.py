@@ -85,7 +85,7 @@ CHANNELS = (1, 4, 8, 16)
 REPORTED_TURNS = (1, 10, 30)
 CONVERSATION_TURNS = 30
 PREFIX_CACHE_ON_MB = 1024  # one channel's full 2048-token cache is ~400 MB at 24 layers
-BOT_TURNS = 3  # timed mentions per model on the emulator (after one warm-up)
+BOT_TURNS = 4  # timed mentions per model on the emulator (after one warm-up)
 SEED = 7
 REPLY_WAIT_S = 1800.0  # a reply on a slow CPU may take minutes; never forever
 
@@ -106,7 +106,7 @@ class Plan:
 
 # --quick is sized for 2 busy CPU cores (other jobs beside it): under 15 minutes in all.
 QUICK = Plan(layers=QUICK_LAYERS, reply_tokens=16, conversation_reply_tokens=8,
-             batch_tokens=8, batch_prompt_tokens=(40, 160), context_tokens=768, bot_turns=2)
+             batch_tokens=8, batch_prompt_tokens=(40, 160), context_tokens=768)
 FULL = Plan(layers=PYTHIA_1_3B_SHAPE.layers, reply_tokens=96, conversation_reply_tokens=48,
             batch_tokens=32, batch_prompt_tokens=(500, 1900))
 
