@@ -367,14 +367,16 @@ def batching(engine: Engine, plan: Plan) -> Batching:
     first_row = _batch_row(engine, first, alone, plan)
     following = [next_turn(request, results[0].text, index)
                  for index, (request, (_, results)) in enumerate(zip(first, alone, strict=True))]
-    engine.prefix_cache = primed.copy()
-    log.info("[3] next turn: one at a time")
-    alone_next = [_timed(engine, request) for request in following]
     rows = []
     for channels in CHANNELS:
-        log.info("[3] next turn: %d channels, worker and raw batch", channels)
+        # One at a time right before the worker and raw batch of the same channels, so all
+        # three see the same load from other processes (it moves by minutes, not seconds).
+        log.info("[3] next turn: %d channels, one at a time, worker, raw batch", channels)
+        asked = following[:channels]
         engine.prefix_cache = primed.copy()
-        rows.append(_batch_row(engine, following[:channels], alone_next[:channels], plan))
+        alone_next = [_timed(engine, request) for request in asked]
+        engine.prefix_cache = primed.copy()
+        rows.append(_batch_row(engine, asked, alone_next, plan))
     return Batching(first_row, rows)
 
 
