@@ -1,7 +1,7 @@
 """What a member waits for, measured side by side in one run: pygbot's own cost over raw
 `model.generate`, the per-channel prefix cache, batching, and streaming.
 
-    python bench/run.py --quick   # under 15 minutes on 2 CPU cores (a 4-layer pythia shape)
+    python bench/run.py --quick   # under 15 minutes on 2 busy CPU cores (2 of the 24 layers)
     python bench/run.py           # pythia-1.3b's full 24 layers on this CPU (long)
     python bench/run.py --gpu     # on an NVIDIA GPU, fp16 (see bench/gpu.py)
 
@@ -9,15 +9,19 @@ Sections, each a table:
 1. overhead: the full bot path (a member's mention on the loopback Discord emulator -> the
    reply posted, through intake, chat, prompt, worker, engine, SQLite and discord.py) against
    raw `model.generate` on the very prompts the bot built, with the same sampling and the same
-   number of new tokens.
-4. streaming, on the same path: when the first text of a reply is visible against when the
+   number of new tokens. The prefix cache is off here, so both do the same work.
+2. prefix cache: one 30-turn conversation through the chat service with the cache on (the
+   prompt budget is full from about turn 6 in --quick); after each turn its request runs
+   again at once without the cache. Time to first token (the engine's: call to first token
+   picked) and prompt tokens computed, at turns 1, 10 and 30 and over all 30.
+3. batching: 16 channels' first turn (nothing cached), then their next turn (each channel's
+   previous prompt and reply cached, as in a running conversation) at 1, 4, 8 and 16
+   channels: one at a time vs the batching worker vs one raw padded `model.generate` batch
+   (which has no cache), in generated tokens per second. RESULT's batch16 figures are the
+   next turn's; the first turn's are printed beside them.
+4. streaming, on the bot path: when the first text of a reply is visible against when the
    whole reply is, on SmolLM2-135M-Instruct (bench/smollm2.py): a trained model, so replies
    have real sentences and end at the next speaker as Pygmalion's do.
-2. prefix cache: one 30-turn conversation through the chat service with PREFIX_CACHE_MB on
-   and 0, time to first token and prompt tokens actually computed at turns 1, 10 and 30 (the
-   prompt budget is full from about turn 20).
-3. batching: 1, 4, 8 and 16 channels asking at once, one at a time vs the batching worker vs
-   one raw padded `model.generate` batch, in generated tokens per second.
 
 Models: the tiny test model (overhead only: what pygbot adds in milliseconds) and a GPT-NeoX
 with pythia-1.3b's shape (random weights; `--quick` keeps fewer layers and says so) in the
@@ -34,13 +38,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,7 @@ from pygbot.engine import (  # noqa: E402
     sampling_kwargs,
 )
 from pygbot.library import PersonaLibrary  # noqa: E402
+from pygbot.prefix_cache import PrefixCache  # noqa: E402
 from pygbot.store import Store  # noqa: E402
 from pygbot.worker import Worker  # noqa: E402
 from tests.discord_emulator import DiscordEmulator  # noqa: E402
@@ -81,7 +86,7 @@ CHANNELS = (1, 4, 8, 16)
 REPORTED_TURNS = (1, 10, 30)
 CONVERSATION_TURNS = 30
 PREFIX_CACHE_ON_MB = 1024  # one channel's full 2048-token cache is ~400 MB at 24 layers
-BOT_TURNS = 3  # timed mentions per model on the emulator (after one warm-up)
+BOT_TURNS = 4  # timed mentions per model on the emulator (after one warm-up)
 SEED = 7
 REPLY_WAIT_S = 1800.0  # a reply on a slow CPU may take minutes; never forever
 
@@ -91,7 +96,8 @@ class Plan:
     """How big each part of the run is."""
 
     layers: int
-    reply_tokens: int  # MAX_NEW_TOKENS for the bot and conversation runs
+    reply_tokens: int  # MAX_NEW_TOKENS for the bot's replies on the emulator
+    conversation_reply_tokens: int  # MAX_NEW_TOKENS in the 30-turn conversation
     batch_tokens: int  # new tokens per request in the batching runs
     batch_prompt_tokens: tuple[int, int]  # shortest and longest prompt in the batching runs
     context_tokens: int = Settings().context_tokens  # CONTEXT_TOKENS of the conversation
@@ -99,10 +105,11 @@ class Plan:
     bot_turns: int = BOT_TURNS
 
 
-QUICK = Plan(layers=QUICK_LAYERS, reply_tokens=16, batch_tokens=8,
-             batch_prompt_tokens=(100, 400), context_tokens=768, bot_turns=2)
-FULL = Plan(layers=PYTHIA_1_3B_SHAPE.layers, reply_tokens=96, batch_tokens=32,
-            batch_prompt_tokens=(500, 1900))
+# --quick is sized for 2 busy CPU cores (other jobs beside it): under 15 minutes in all.
+QUICK = Plan(layers=QUICK_LAYERS, reply_tokens=16, conversation_reply_tokens=8,
+             batch_tokens=8, batch_prompt_tokens=(40, 160), context_tokens=768)
+FULL = Plan(layers=PYTHIA_1_3B_SHAPE.layers, reply_tokens=96, conversation_reply_tokens=48,
+            batch_tokens=32, batch_prompt_tokens=(500, 1900))
 
 
 # --- recording what the engine did ---------------------------------------------------------------
@@ -208,7 +215,10 @@ class BotRun:
                 / sum(t.posted - t.sent for t in shown if t.posted))
 
 
-async def bot_path(engine: Engine, reply_tokens: int, turns: int) -> BotRun:
+async def bot_path(engine: Engine, reply_tokens: int, turns: int, *,
+                   replay: bool = True) -> BotRun:
+    """`turns` mentions after a warm-up one; with `replay`, raw `generate` redoes each turn's
+    generations right after it (for the overhead; streaming needs only the bot's times)."""
     recorder = Recorder(engine)
     messages = user_messages(turns + 1)
     with tempfile.TemporaryDirectory(prefix="pygbot-bench-db-") as folder:
@@ -223,9 +233,9 @@ async def bot_path(engine: Engine, reply_tokens: int, turns: int) -> BotRun:
                     before = len(recorder.calls)
                     turn = await mention(server, text)
                     turn.calls = recorder.calls[before:]
-                    # Right away, so both see the same load from other processes.
-                    turn.raw_seconds, turn.new_tokens = await asyncio.to_thread(
-                        raw_replay, engine, turn)
+                    if replay:  # right away, so both see the same load from other processes
+                        turn.raw_seconds, turn.new_tokens = await asyncio.to_thread(
+                            raw_replay, engine, turn)
                     timed.append(turn)
     replies = [t for t in timed if not t.notice and t.posted is not None]
     return BotRun(tuple(timed), sum(t.posted - t.sent for t in replies if t.posted),
@@ -274,16 +284,22 @@ def raw_replay(engine: Engine, turn: BotTurn) -> tuple[float, int]:
 
 @dataclass(frozen=True)
 class ConversationTurn:
-    ttft_s: float
+    ttft_on_s: float  # the chat's own request, prefix cache on
+    ttft_off_s: float  # the very same request again at once, computed whole (no cache key)
     prompt_tokens: int
-    computed_tokens: int
+    computed_tokens: int  # with the cache
 
 
 async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[ConversationTurn]:
-    """`turns` replies in one channel through the chat service; per turn, the first attempt's
-    time to first token and prefill tokens."""
+    """`plan.conversation_turns` replies in one channel through the chat service, with the
+    engine's prefix cache on. After each turn the first attempt's request is run once more
+    without its cache key (prefill and first token only), so both times to first token are
+    of the same prompt, moments apart, under the same load from other processes. The time to
+    first token is the engine's: from its call until the first token is picked."""
     recorder = Recorder(engine)
-    settings = Settings(max_new_tokens=plan.reply_tokens, context_tokens=plan.context_tokens)
+    # One attempt per turn (no resamples by the repetition guard): only the first is measured.
+    settings = Settings(max_new_tokens=plan.conversation_reply_tokens,
+                        context_tokens=plan.context_tokens, repetition_guard=False)
     turns = plan.conversation_turns
     measured = []
     with tempfile.TemporaryDirectory(prefix="pygbot-bench-db-") as folder:
@@ -302,19 +318,18 @@ async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[Conve
                 except EmptyReplyError:
                     log.info("an empty reply; the conversation goes on")
                 call = recorder.calls[before]
-                first = call.first_text[0]
-                prompt, computed = computed_tokens(engine, call.requests[0], call.results[0])
-                measured.append(ConversationTurn(
-                    (first if first is not None else time.perf_counter()) - call.started,
-                    prompt, computed))
+                request, result = call.requests[0], call.results[0]
+                prompt, computed = computed_tokens(engine, request, result)
+                uncached = replace(request, cache_key=None, on_text=None,
+                                   params=replace(request.params, max_new_tokens=1))
+                off = (await asyncio.to_thread(engine.generate, [uncached]))[0]
+                measured.append(ConversationTurn(result.first_token_seconds,
+                                                 off.first_token_seconds, prompt, computed))
     return measured
 
 
-def prefix_cached(engine: Engine, megabytes: int) -> Engine | None:
-    """The same loaded model behind an engine whose prefix cache holds `megabytes`; None while
-    this pygbot has no prefix cache."""
-    if "prefix_cache_mb" not in inspect.signature(Engine).parameters:
-        return None
+def prefix_cached(engine: Engine, megabytes: int) -> Engine:
+    """The same loaded model behind an engine whose prefix cache holds `megabytes`."""
     return Engine(engine.model_name, engine._model, engine._tokenizer,
                   engine.device, engine.dtype, prefix_cache_mb=megabytes)
 
@@ -329,28 +344,83 @@ class BatchRow:
     raw_tps: float
 
 
-def batching(engine: Engine, plan: Plan) -> list[BatchRow]:
-    requests = channel_requests(engine, max(CHANNELS), plan)
-    engine.generate(requests[:2])  # warm-up
-    alone = [_timed(engine, request) for request in requests]
+@dataclass(frozen=True)
+class Batching:
+    """The first turn of 16 channels (whole prompts computed, nothing cached yet), and their
+    next turn at 1, 4, 8 and 16 channels (each channel's previous prompt and reply in the
+    prefix cache, as in a running conversation: the bot's steady state)."""
+
+    first_turn: BatchRow
+    next_turn: list[BatchRow]
+
+
+def batching(engine: Engine, plan: Plan) -> Batching:
+    """`engine` has a prefix cache. One at a time and the worker run on the same engine from
+    the same cache contents; raw `generate` has no cache and computes every prompt whole."""
+    first = channel_requests(engine, max(CHANNELS), plan)
+    engine.prefix_cache = PrefixCache(PREFIX_CACHE_ON_MB)
+    _in_thread(engine.generate, [replace(r, cache_key=None) for r in first[:2]])  # warm-up
+    log.info("[3] first turn: one at a time")
+    alone = [_timed(engine, request) for request in first]  # leaves each channel cached
+    primed = engine.prefix_cache
+    engine.prefix_cache = PrefixCache(PREFIX_CACHE_ON_MB)  # the first turn: nothing cached
+    log.info("[3] first turn: worker, raw batch")
+    first_row = _batch_row(engine, first, alone, plan)
+    following = [next_turn(request, results[0].text, index)
+                 for index, (request, (_, results)) in enumerate(zip(first, alone, strict=True))]
     rows = []
     for channels in CHANNELS:
-        asked = requests[:channels]
-        seq_seconds = sum(seconds for seconds, _ in alone[:channels])
-        seq_tokens = sum(result[0].new_tokens for _, result in alone[:channels])
-        worker_seconds, results = asyncio.run(_through_worker(engine, asked))
-        worker_tokens = sum(result.new_tokens for result in results)
-        raw_seconds = raw_generate(engine, [r.prompt for r in asked], plan.batch_tokens,
-                                   asked[0].params)
-        rows.append(BatchRow(channels, seq_tokens / seq_seconds, worker_tokens / worker_seconds,
-                             channels * plan.batch_tokens / raw_seconds))
-    return rows
+        # One at a time right before the worker and raw batch of the same channels, so all
+        # three see the same load from other processes (it moves by minutes, not seconds).
+        log.info("[3] next turn: %d channels, one at a time, worker, raw batch", channels)
+        asked = following[:channels]
+        engine.prefix_cache = primed.copy()
+        alone_next = [_timed(engine, request) for request in asked]
+        engine.prefix_cache = primed.copy()
+        rows.append(_batch_row(engine, asked, alone_next, plan))
+    return Batching(first_row, rows)
+
+
+def _batch_row(engine: Engine, asked: Sequence[GenerationRequest],
+               alone: Sequence[tuple[float, list[GenerationResult]]], plan: Plan) -> BatchRow:
+    """Tokens/s of `asked` one at a time (`alone`, already run), through the worker all at
+    once, and as one raw padded `generate` batch."""
+    seq_seconds = sum(seconds for seconds, _ in alone)
+    seq_tokens = sum(results[0].new_tokens for _, results in alone)
+    worker_seconds, results = asyncio.run(_through_worker(engine, asked))
+    worker_tokens = sum(result.new_tokens for result in results)
+    raw_seconds = _in_thread(raw_generate, engine, [r.prompt for r in asked],
+                             plan.batch_tokens, asked[0].params)
+    return BatchRow(len(asked), seq_tokens / seq_seconds, worker_tokens / worker_seconds,
+                    len(asked) * plan.batch_tokens / raw_seconds)
+
+
+def next_turn(request: GenerationRequest, reply: str, index: int) -> GenerationRequest:
+    """The channel's next request: its prompt, the reply it got, a new message."""
+    name = request.prompt.rsplit("\n", 1)[-1].removesuffix(":")
+    message = user_messages(index + 1)[index]
+    return replace(request, prompt=f"{request.prompt}{reply}\nYou: {message}\n{name}:")
 
 
 def _timed(engine: Engine, request: GenerationRequest) -> tuple[float, list[GenerationResult]]:
+    return _in_thread(_timed_here, engine, request)
+
+
+def _timed_here(engine: Engine, request: GenerationRequest
+                ) -> tuple[float, list[GenerationResult]]:
     started = time.perf_counter()
     results = engine.generate([request])
     return time.perf_counter() - started, results
+
+
+_GENERATING_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-generate")
+
+
+def _in_thread(work: Callable[..., Any], *args: Any) -> Any:
+    """Run `work` off the main thread, as the worker runs the bot's generation: torch's CPU
+    thread pool is set up per calling thread, and on a busy machine the main thread's ran
+    the same request up to 3x slower, which would have flattered every side run here."""
+    return _GENERATING_THREAD.submit(work, *args).result()
 
 
 async def _through_worker(engine: Engine, requests: Sequence[GenerationRequest]
@@ -364,14 +434,16 @@ async def _through_worker(engine: Engine, requests: Sequence[GenerationRequest]
 
 def channel_requests(engine: Engine, count: int, plan: Plan) -> list[GenerationRequest]:
     """One chat prompt per channel, lengths spread evenly over the plan's range, with the
-    bot's default sampling; each makes `plan.batch_tokens` tokens (stops never cut it)."""
+    bot's default sampling and the channel as cache key; each makes up to
+    `plan.batch_tokens` tokens (no stop strings)."""
     shortest, longest = plan.batch_prompt_tokens
     defaults = ChatConfig.from_settings(Settings()).params
     params = replace(defaults, max_new_tokens=plan.batch_tokens, seed=SEED)
     requests = []
     for index in range(count):
         tokens = shortest + (longest - shortest) * index // max(count - 1, 1)
-        requests.append(GenerationRequest(chat_prompt(engine, tokens, index), (), params))
+        requests.append(GenerationRequest(chat_prompt(engine, tokens, index), (), params,
+                                          cache_key=f"bench-channel-{index}"))
     return requests
 
 
@@ -420,29 +492,56 @@ def print_overhead(label: str, run: BotRun) -> None:
     print(f"    overhead {run.overhead:.3f}x  ({per_reply_ms:+.0f} ms per reply)")
 
 
-def print_conversation(off: list[ConversationTurn], on: list[ConversationTurn],
-                       cache_on_main: bool, plan: Plan) -> None:
-    print(f"\n[2] {len(off)}-turn conversation, CONTEXT_TOKENS={plan.context_tokens}, "
-          f"PREFIX_CACHE_MB=0 vs {PREFIX_CACHE_ON_MB}"
-          + ("" if cache_on_main else " (no prefix cache in this pygbot: 'on' runs without)"))
+def print_conversation(turns: list[ConversationTurn], plan: Plan) -> None:
+    print(f"\n[2] {len(turns)}-turn conversation through the chat service, "
+          f"CONTEXT_TOKENS={plan.context_tokens}, replies up to {plan.conversation_reply_tokens}"
+          f" tokens, PREFIX_CACHE_MB={PREFIX_CACHE_ON_MB}, REPETITION_GUARD=false; each turn's "
+          "request again at once without the cache")
     print(f"    {'turn':>4} {'prompt':>7} {'ttft off':>9} {'ttft on':>8} {'computed off':>13}"
           f" {'computed on':>12}")
     for turn in REPORTED_TURNS:
-        if turn > len(off):
+        if turn > len(turns):
             continue
-        a, b = off[turn - 1], on[turn - 1]
-        print(f"    {turn:>4} {b.prompt_tokens:>7} {a.ttft_s:>8.2f}s {b.ttft_s:>7.2f}s "
-              f"{a.computed_tokens:>13} {b.computed_tokens:>12}")
+        t = turns[turn - 1]
+        print(f"    {turn:>4} {t.prompt_tokens:>7} {t.ttft_off_s:>8.2f}s {t.ttft_on_s:>7.2f}s "
+              f"{t.prompt_tokens:>13} {t.computed_tokens:>12}")
+    full = [n for n, t in enumerate(turns, start=1) if t.computed_tokens > t.prompt_tokens // 2]
+    print(f"    all {len(turns)}: time to first token {ttft_ratio(turns):.3f} of uncached, "
+          f"{prefill_fraction(turns):.3f} of the prompt tokens computed; "
+          f"computed mostly whole at turns {', '.join(map(str, full))} (the first, and after "
+          "each history chunk dropped)")
+    reused = [t for n, t in enumerate(turns, start=1) if n not in full]
+    if reused:
+        print(f"    the other {len(reused)} turns: time to first token "
+              f"{ttft_ratio(reused):.3f} of uncached, {prefill_fraction(reused):.3f} of the "
+              "prompt tokens computed")
 
 
-def print_batching(rows: Sequence[BatchRow]) -> None:
-    print("\n[3] channels asking at once, generated tokens/s")
+def ttft_ratio(turns: Sequence[ConversationTurn]) -> float:
+    return sum(t.ttft_on_s for t in turns) / sum(t.ttft_off_s for t in turns)
+
+
+def prefill_fraction(turns: Sequence[ConversationTurn]) -> float:
+    return sum(t.computed_tokens for t in turns) / sum(t.prompt_tokens for t in turns)
+
+
+def print_batching(batching: Batching, plan: Plan) -> None:
+    low, high = plan.batch_prompt_tokens
+    print(f"\n[3] channels asking at once, prompts of {low}-{high} tokens, up to "
+          f"{plan.batch_tokens} new tokens each; generated tokens/s")
     print(f"    {'channels':>8} {'one at a time':>14} {'worker':>8} {'raw batch':>10}"
           f" {'worker/seq':>11} {'worker/raw':>11}")
-    for row in rows:
-        print(f"    {row.channels:>8} {row.sequential_tps:>14.1f} {row.worker_tps:>8.1f} "
-              f"{row.raw_tps:>10.1f} {row.worker_tps / row.sequential_tps:>10.2f}x "
-              f"{row.worker_tps / row.raw_tps:>10.2f}x")
+    print("    first turn (nothing cached):")
+    _print_batch_row(batching.first_turn)
+    print("    next turn (each channel's previous turn cached; raw generate has no cache):")
+    for row in batching.next_turn:
+        _print_batch_row(row)
+
+
+def _print_batch_row(row: BatchRow) -> None:
+    print(f"    {row.channels:>8} {row.sequential_tps:>14.1f} {row.worker_tps:>8.1f} "
+          f"{row.raw_tps:>10.1f} {row.worker_tps / row.sequential_tps:>10.2f}x "
+          f"{row.worker_tps / row.raw_tps:>10.2f}x")
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -461,7 +560,7 @@ def main() -> None:
         from bench import gpu  # noqa: PLC0415 (its own CUDA-only world)
         sys.exit(gpu.main())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave through `with`: temp dirs go
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)  # progress, on stderr
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
@@ -473,39 +572,46 @@ def main() -> None:
 
 def run(plan: Plan, folder: Path) -> str:
     personas = ROOT / "personas"
-    tiny = Engine.load(str(build_tiny_model(folder / "tiny")), "cpu", "float32")
+    tiny = Engine.load(str(build_tiny_model(folder / "tiny")), "cpu", "float32",
+                       prefix_cache_mb=0)
     pythia_dir = build_pythia_shaped_model(folder / "pythia", layers=plan.layers, readable=True)
-    pythia = Engine.load(str(pythia_dir), "cpu", "auto")
+    pythia = Engine.load(str(pythia_dir), "cpu", "auto", prefix_cache_mb=0)
     print(f"pythia-1.3b shape (random weights): {plan.layers} of 24 layers"
           + (" (--quick)" if plan.layers < PYTHIA_1_3B_SHAPE.layers else "")
           + f", {pythia.device}/{pythia.dtype}, {torch.get_num_threads()} threads; "
           f"replies up to {plan.reply_tokens} tokens")
 
+    # The prefix cache is off for [1]: the bot then does the work raw generate does.
     print_overhead("tiny test model", asyncio.run(bot_path(tiny, plan.reply_tokens,
                                                              plan.bot_turns)))
+    log.info("[1] the bot path, pythia shape")
     bot = asyncio.run(bot_path(pythia, plan.reply_tokens, plan.bot_turns))
-    print_overhead("pythia shape", bot)
+    print_overhead("pythia shape, PREFIX_CACHE_MB=0", bot)
 
     cached = prefix_cached(pythia, PREFIX_CACHE_ON_MB)
-    uncached = prefix_cached(pythia, 0) or pythia
-    off = asyncio.run(conversation(uncached, plan, personas))
-    on = asyncio.run(conversation(cached or pythia, plan, personas))
-    print_conversation(off, on, cached is not None, plan)
+    log.info("[2] the conversation")
+    turns = asyncio.run(conversation(cached, plan, personas))
+    print_conversation(turns, plan)
 
-    rows = batching(uncached, plan)
-    print_batching(rows)
+    log.info("[3] channels at once")
+    batched = batching(cached, plan)
+    print_batching(batched, plan)
 
+    log.info("[4] streaming")
     smol = Engine.load(str(smollm2.model_folder()), "cpu", "auto")
-    streamed = asyncio.run(bot_path(smol, Settings().max_new_tokens, plan.bot_turns))
+    streamed = asyncio.run(bot_path(smol, Settings().max_new_tokens, plan.bot_turns,
+                                    replay=False))
     print_streaming("SmolLM2-135M-Instruct", streamed)
 
-    sixteen = rows[-1]
-    ttft_ratio = sum(t.ttft_s for t in on) / sum(t.ttft_s for t in off)
-    prefill_fraction = sum(t.computed_tokens for t in on) / sum(t.prompt_tokens for t in on)
+    cold, sixteen = batched.first_turn, batched.next_turn[-1]
+    print(f"\nbatch16 figures below are the next turn's (prefix cache on); the first turn's: "
+          f"worker/seq {cold.worker_tps / cold.sequential_tps:.2f}, "
+          f"worker/raw {cold.worker_tps / cold.raw_tps:.2f}")
     return (f"RESULT overhead={bot.overhead:.3f} "
             f"batch16_vs_sequential={sixteen.worker_tps / sixteen.sequential_tps:.2f} "
             f"batch16_vs_raw_batch={sixteen.worker_tps / sixteen.raw_tps:.2f} "
-            f"prefix_ttft_ratio={ttft_ratio:.3f} prefix_prefill_fraction={prefill_fraction:.3f} "
+            f"prefix_ttft_ratio={ttft_ratio(turns):.3f} "
+            f"prefix_prefill_fraction={prefill_fraction(turns):.3f} "
             f"first_text_ratio={streamed.first_text_ratio:.3f}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -102,8 +103,9 @@ async def load_engine(settings: Settings) -> Engine:
     log.info("CPU math on %d thread(s)", configure_cpu_threads(settings.cpu_threads))
     try:
         folder = await asyncio.to_thread(local_folder, settings.model)
-        return await asyncio.to_thread(Engine.load, folder, settings.device, settings.dtype,
-                                       settings.model, settings.prefix_cache_mb)
+        return await asyncio.to_thread(functools.partial(
+            Engine.load, folder, settings.device, settings.dtype, settings.model,
+            settings.prefix_cache_mb, torch_compile=settings.torch_compile))
     except (HubError, EngineLoadError) as error:
         raise StartupError(str(error)) from None
 

@@ -81,6 +81,7 @@ class Settings:
     queue_max: int = 32
     max_batch: int = 4
     prefix_cache_mb: int | None = None  # None: the device's default (pygbot.engine)
+    torch_compile: bool = False
     pending_max: int = 1000
     pending_max_age_s: int = 300
     shutdown_grace_s: float = 8.0
@@ -349,6 +350,10 @@ _KEYS: tuple[_Key, ...] = (
          "Memory (MB) for each conversation's KV cache, so the next turn computes only its new "
          "tokens; least recently used channels leave first; 0 = off; empty = auto (CPU: 2048 "
          "or an eighth of the RAM; GPU: a quarter of the memory free after loading, up to 8192)"),
+    _key("TORCH_COMPILE", _flag("TORCH_COMPILE"),
+         "GPU: run decode steps through torch.compile over a static KV cache (the first "
+         "batches of each size are slow while it compiles); off until a GPU run measures it "
+         "faster"),
     _key("PENDING_MAX", _number("PENDING_MAX", int, 1, 1_000_000),
          "Messages waiting for an answer before members are told it will take a while "
          "(they are still answered)"),

@@ -13,7 +13,12 @@ prompts beside a long one. This loop (after gpt-fast's `prefill` / `decode_one_t
 
 The KV buffer is allocated once per batch at its final size (prompt width + max new tokens)
 and written in place; a `DynamicCache` would copy the whole cache at every step.
-Shapes: B rows, W padded prompt width, H heads, D head size, V vocabulary.
+
+`Compiled` (TORCH_COMPILE, for GPUs) runs the decode steps through `torch.compile` over a
+static cache: every step attends over the buffer's whole width, the columns not yet written
+masked out, so a step's shapes stay the same from step to step and the compiled graph is
+reused rather than traced again for every new length. Prefill stays eager (its lengths vary).
+Shapes: B rows, W padded prompt width, H heads, D head size, V vocabulary, C buffer columns.
 """
 
 from __future__ import annotations
@@ -57,14 +62,18 @@ class KVBuffer:
 
 class SlotLayer(DynamicLayer):
     """A cache layer that is a window of a `KVBuffer`: `rows`, columns `start` onwards, of
-    which the first `length` are filled. `update` writes after them, never reallocating."""
+    which the first `length` are filled. `update` writes after them, never reallocating.
+    `static`: attention sees every column to the buffer's end (a mask hides the unwritten
+    ones), so the shapes do not change as the window fills."""
 
-    def __init__(self, buffer: KVBuffer, rows: slice, start: int, length: int = 0) -> None:
+    def __init__(self, buffer: KVBuffer, rows: slice, start: int, length: int = 0,
+                 static: bool = False) -> None:
         super().__init__()
         self.buffer = buffer
         self.rows = rows
         self.start = start
         self.length = length
+        self.static = static
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -74,7 +83,7 @@ class SlotLayer(DynamicLayer):
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         self.buffer.write(self.rows, self.start + self.length, key_states, value_states)
         self.length += key_states.shape[2]
-        end = self.start + self.length
+        end = self.buffer.capacity if self.static else self.start + self.length
         self.keys = self.buffer.keys[self.rows, :, self.start:end]
         self.values = self.buffer.values[self.rows, :, self.start:end]
         return self.keys, self.values
@@ -100,6 +109,16 @@ class Sampler:
     processors: LogitsProcessorList  # penalties, then (when sampling) the warpers
     do_sample: bool
     pad_token_id: int
+
+
+class Compiled:
+    """The model's decode step compiled with `torch.compile`, over a static cache (see the
+    module's docstring). One per model: the compiled graphs are kept between batches."""
+
+    def __init__(self, model: PreTrainedModel, backend: str = "inductor") -> None:
+        # dynamic: the batch size and buffer width change between batches (and a batch
+        # shrinks as rows finish); sizes stay symbolic instead of one graph per size.
+        self.step = torch.compile(model, backend=backend, dynamic=True)
 
 
 @dataclass(frozen=True)
@@ -133,9 +152,10 @@ class _Slots:
             self.rows[slot] = self.rows[last]
         self.rows.pop()
 
-    def cache(self, filled: int) -> Cache:
+    def cache(self, filled: int, static: bool = False) -> Cache:
         live = slice(0, len(self.rows))
-        return Cache(layers=[SlotLayer(buffer, live, 0, filled) for buffer in self.buffers])
+        return Cache(layers=[SlotLayer(buffer, live, 0, filled, static)
+                             for buffer in self.buffers])
 
     def states(self, row: int, start: int, end: int) -> list[LayerStates]:
         """Copies of `row`'s states in columns start..end, detached from the buffers."""
@@ -147,10 +167,11 @@ class _Slots:
 
 def generate(model: PreTrainedModel, rows: Sequence[Row], input_ids: torch.Tensor,
              sampler: Sampler, stops: StoppingCriteria, *, max_new_tokens: int,
-             keep_states: Sequence[bool]) -> Decoded:
+             keep_states: Sequence[bool], compiled: Compiled | None = None) -> Decoded:
     """input_ids: (B, W), each row's tokens left-padded to W. Greedy output is the same as
     `model.generate` on the same batch (up to the rounding of a different operation order).
-    Rows with `keep_states` come back with their states (for the prefix cache)."""
+    Rows with `keep_states` come back with their states (for the prefix cache). With
+    `compiled`, decode steps run its compiled model over a static cache."""
     batch, width = input_ids.shape
     device = model.device
     buffers = [KVBuffer(batch, width + max_new_tokens)
@@ -185,8 +206,15 @@ def generate(model: PreTrainedModel, rows: Sequence[Row], input_ids: torch.Tenso
         if last_step:
             break
         live = torch.tensor(slots.rows, device=device)  # (live,)
-        live_logits = decode_one_token(model, slots.cache(filled), tokens[live],
-                                       (lengths + step)[live], mask[live, :filled + 1])
+        if compiled is None:
+            live_logits = decode_one_token(model, slots.cache(filled), tokens[live],
+                                           (lengths + step)[live], mask[live, :filled + 1])
+        else:
+            # (live, 1, 1, C): the row's own columns, up to and including this step's.
+            seen = (mask[live] & (columns <= filled))[:, None, None, :]
+            live_logits = decode_one_token(compiled.step, slots.cache(filled, static=True),
+                                           tokens[live], (lengths + step)[live], seen,
+                                           cache_name=cache_argument(model))
         logits = torch.zeros_like(logits).index_copy_(0, live, live_logits)
     return Decoded(sequences, states, fed, first_token_at)
 
@@ -212,12 +240,16 @@ def prefill(model: PreTrainedModel, row: Row, buffers: Sequence[KVBuffer], index
     return output.logits[0, -1].float()
 
 
-def decode_one_token(model: PreTrainedModel, cache: Cache, tokens: torch.Tensor,
-                     positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """tokens, positions: (B,); mask: (B, columns so far + 1) -> (B, V) float32 logits."""
+def decode_one_token(model: Any, cache: Cache, tokens: torch.Tensor,
+                     positions: torch.Tensor, mask: torch.Tensor, *,
+                     cache_name: str | None = None) -> torch.Tensor:
+    """tokens, positions: (B,); mask: (B, columns so far + 1), or a ready (B, 1, 1, C) bool
+    mask (static cache) -> (B, V) float32 logits. `model` may be a compiled model (then
+    `cache_name` is its forward's cache argument)."""
+    attention_mask = mask if mask.dim() == 4 else mask.long()
     output = model(input_ids=tokens[:, None], position_ids=positions[:, None],
-                   attention_mask=mask.long(), **{cache_argument(model): cache}, use_cache=True,
-                   logits_to_keep=1)
+                   attention_mask=attention_mask, **{cache_name or cache_argument(model): cache},
+                   use_cache=True, logits_to_keep=1)
     return output.logits[:, -1].float()
 
 

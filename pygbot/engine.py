@@ -421,7 +421,8 @@ class _Encoded:
 
 class Engine:
     def __init__(self, model_name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 device: str, dtype: str, *, prefix_cache_mb: int = 0) -> None:
+                 device: str, dtype: str, *, prefix_cache_mb: int = 0,
+                 torch_compile: bool = False, compile_backend: str = "inductor") -> None:
         self.model_name = model_name
         self.device = device
         self.dtype = dtype
@@ -429,6 +430,8 @@ class Engine:
         self.context_tokens: int = (getattr(model.config, "max_position_embeddings", None)
                                     or DEFAULT_CONTEXT_TOKENS)
         self._model = model
+        # TORCH_COMPILE: decode steps compiled over a static cache (pygbot.decode.Compiled).
+        self._compiled = decode.Compiled(model, compile_backend) if torch_compile else None
         self._tokenizer = tokenizer
         # The Rust tokenizer refuses ("Already borrowed") when one thread changes its padding
         # while another encodes; count_tokens runs on the event loop while generate() runs in
@@ -440,11 +443,16 @@ class Engine:
 
     @classmethod
     def load(cls, model: str, device: str = "auto", dtype: str = "auto",
-             name: str | None = None, prefix_cache_mb: int | None = None) -> Engine:
+             name: str | None = None, prefix_cache_mb: int | None = None, *,
+             torch_compile: bool = False, compile_backend: str = "inductor") -> Engine:
         """Load a hub id or local folder; any failure is an `EngineLoadError` with a fix.
         `name` is what the model is called in status and logs (e.g. its hub id when `model`
         is the cache folder it was downloaded to). `prefix_cache_mb`: the per-conversation KV
-        cache's cap; None = the device's default, 0 = no cache (every prompt computed whole)."""
+        cache's cap; None = the device's default, 0 = no cache (every prompt computed whole).
+        `torch_compile`: decode steps through `torch.compile` over a static cache (meant for
+        GPUs; the first batches of each size are slow while it compiles). `compile_backend`:
+        torch.compile's backend (tests use dynamo's "eager": the same graph capture and
+        static cache, without inductor's code generation, which takes minutes on a CPU)."""
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         log.info("loading %s on %s as %s (this can take a minute)", name or model, device, dtype)
@@ -456,10 +464,17 @@ class Engine:
         except (OSError, ValueError, KeyError, ImportError) as error:
             raise _load_error(model, error) from error
         cache_mb = resolve_prefix_cache_mb(prefix_cache_mb, device)
-        log.info("loaded %s in %.1f s; prefix cache %d MB", name or model,
-                 time.perf_counter() - started, cache_mb)
+        log.info("loaded %s in %.1f s; prefix cache %d MB%s", name or model,
+                 time.perf_counter() - started, cache_mb,
+                 "; decode steps compiled (torch.compile, static cache)" if torch_compile else "")
         return cls(name or model, language_model, tokenizer, device, dtype,
-                   prefix_cache_mb=cache_mb)
+                   prefix_cache_mb=cache_mb, torch_compile=torch_compile,
+                   compile_backend=compile_backend)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether decode steps run through torch.compile (TORCH_COMPILE)."""
+        return self._compiled is not None
 
     def count_tokens(self, text: str) -> int:
         return len(self.token_ids(text))
@@ -564,7 +579,7 @@ class Engine:
                 torch.manual_seed(params.seed)  # the same seed gives the same text
             return decode.generate(self._model, rows, encoded.input_ids, sampler, stops,
                                    max_new_tokens=params.max_new_tokens,
-                                   keep_states=keep_states)
+                                   keep_states=keep_states, compiled=self._compiled)
 
     def _decode(self, token_ids: list[int]) -> str:
         with self._tokenizer_lock:

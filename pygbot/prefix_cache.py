@@ -91,6 +91,16 @@ class PrefixCache:
             self._nbytes -= entry.nbytes
             log.debug("prefix cache: evicted %s (%d tokens)", evicted, len(entry.token_ids))
 
+    def copy(self) -> PrefixCache:
+        """A cache with the same cap and entries, sharing their tensors (nothing writes into
+        a stored entry's tensors: a store replaces the entry). The original is unchanged by
+        what the copy stores or evicts later."""
+        twin = PrefixCache(0)
+        twin.capacity_bytes = self.capacity_bytes
+        twin._entries = OrderedDict(self._entries)
+        twin._nbytes = self._nbytes
+        return twin
+
     def discard(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:

@@ -168,6 +168,21 @@ def test_least_recently_used_conversations_leave_first_under_the_cap() -> None:
     assert cache.stats().entries == 2
 
 
+def test_a_copy_starts_with_the_same_entries_and_then_goes_its_own_way() -> None:
+    cache = PrefixCache(capacity_mb=1)
+    cache.store("a", list(range(100)), states(100))
+    twin = cache.copy()
+    twin.store("b", list(range(100)), states(100))
+    twin.store("c", list(range(100)), states(100))  # over the twin's cap: its "a" goes
+
+    hit = cache.lookup("a", list(range(150)))
+    assert hit is not None and hit.length == 100
+    assert cache.lookup("b", list(range(150))) is None
+    assert twin.lookup("a", list(range(150))) is None
+    assert twin.capacity_bytes == cache.capacity_bytes and twin.stats().entries == 2
+    assert cache.stats().entries == 1
+
+
 def test_a_lookup_leaves_at_least_one_token_to_compute() -> None:
     cache = PrefixCache(capacity_mb=1)
     cache.store("a", [1, 2, 3, 4], states(4))
