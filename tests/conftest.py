@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pygbot.cogs.posting import DiscordPoster
+from pygbot.cogs.reply_view import ReplyControls
 from pygbot.engine import Engine
 from tests.discord_emulator import DiscordEmulator
 from tests.discord_emulator.fixtures import discord_emulator  # noqa: F401  (a fixture)
@@ -58,4 +60,25 @@ def scripted(count_tokens: Callable[[str], int]) -> ScriptedEngine:
 async def scripted_bot(server: Server, db_path: Path,
                        scripted: ScriptedEngine) -> AsyncIterator[ScriptedEngine]:
     async with bot_with_engine(server, bot_settings(server, db_path), scripted):
+        yield scripted
+
+
+FAST_EDITS_S = 0.05  # the streaming edit interval in tests (1 s in the bot)
+
+
+@pytest.fixture
+def fast_edits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streaming edits and posting retries at test speed (modules that stream opt in with
+    `pytestmark = pytest.mark.usefixtures("fast_edits")`)."""
+    monkeypatch.setattr(DiscordPoster, "stream_interval_s", FAST_EDITS_S)
+    monkeypatch.setattr(ReplyControls, "stream_interval_s", FAST_EDITS_S)
+    monkeypatch.setattr(DiscordPoster, "retry_delays_s", (0.05, 0.05))
+
+
+@pytest.fixture
+async def quiet_bot(server: Server, db_path: Path,
+                    scripted: ScriptedEngine) -> AsyncIterator[ScriptedEngine]:
+    """The bot with STREAM_REPLIES=false: each reply is posted once, whole."""
+    async with bot_with_engine(server, bot_settings(server, db_path, stream_replies=False),
+                               scripted):
         yield scripted

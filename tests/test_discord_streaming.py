@@ -3,14 +3,13 @@ as exactly the stored reply, in the one message the bot remembers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pygbot.cogs.posting import DiscordPoster
-from pygbot.cogs.reply_view import REGENERATE_ID, ReplyControls
+from pygbot.cogs.reply_view import REGENERATE_ID
 from pygbot.discord_text import STREAMING_MARK
 from pygbot.intake import EMPTY_REPLY_NOTICE
 from pygbot.store import Store, StoredTurn
@@ -18,7 +17,6 @@ from tests.discord_harness import Server, bot_settings, bot_with_engine, eventua
 from tests.scripted_engine import ScriptedEngine
 
 JSON = dict[str, Any]
-FAST_EDITS_S = 0.05  # the edit interval in tests (1 s in the bot)
 STORY = (" Hello there, traveller. The stars are bright tonight. I was charting the rings of "
          "Saturn, they look wonderful. Want to see them with me?")
 # Where a sentence of STORY is settled (visible_reply holds the last few words back, in
@@ -28,20 +26,7 @@ SECOND_SENTENCE_SETTLED = "rings of"
 SHOW_DEADLINE_S = 30.0
 
 
-@pytest.fixture(autouse=True)
-def fast_edits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(DiscordPoster, "stream_interval_s", FAST_EDITS_S)
-    monkeypatch.setattr(ReplyControls, "stream_interval_s", FAST_EDITS_S)
-    monkeypatch.setattr(DiscordPoster, "retry_delays_s", (0.05, 0.05))
-
-
-@pytest.fixture
-async def quiet_bot(server: Server, db_path: Path,
-                    scripted: ScriptedEngine) -> AsyncIterator[ScriptedEngine]:
-    """The bot with STREAM_REPLIES=false."""
-    settings = bot_settings(server, db_path, stream_replies=False)
-    async with bot_with_engine(server, settings, scripted):
-        yield scripted
+pytestmark = pytest.mark.usefixtures("fast_edits")
 
 
 def bot_replies(server: Server) -> list[JSON]:

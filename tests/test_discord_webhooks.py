@@ -5,7 +5,6 @@ threads, restarts, a missing permission) keeps working as members expect."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ import pytest
 
 from pygbot.cogs.admin import WEBHOOK_PERMISSION_MISSING
 from pygbot.cogs.character_webhooks import MISSING_PERMISSION_NOTICE, WEBHOOK_NAME
-from pygbot.cogs.posting import DiscordPoster
-from pygbot.cogs.reply_view import NEXT_ID, PREVIOUS_ID, REGENERATE_ID, ReplyControls
+from pygbot.cogs.reply_view import NEXT_ID, PREVIOUS_ID, REGENERATE_ID
 from pygbot.discord_text import (
     STREAMING_MARK,
     answer_header,
@@ -30,23 +28,9 @@ from tests.scripted_engine import ScriptedEngine
 
 JSON = dict[str, Any]
 MANAGE_WEBHOOKS = 1 << 29
-FAST_EDITS_S = 0.05
 
 
-@pytest.fixture(autouse=True)
-def fast_edits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(DiscordPoster, "stream_interval_s", FAST_EDITS_S)
-    monkeypatch.setattr(ReplyControls, "stream_interval_s", FAST_EDITS_S)
-    monkeypatch.setattr(DiscordPoster, "retry_delays_s", (0.05, 0.05))
-
-
-@pytest.fixture
-async def quiet_bot(server: Server, db_path: Path,
-                    scripted: ScriptedEngine) -> AsyncIterator[ScriptedEngine]:
-    """The bot with STREAM_REPLIES=false: each reply is posted once, whole."""
-    async with bot_with_engine(server, bot_settings(server, db_path, stream_replies=False),
-                               scripted):
-        yield scripted
+pytestmark = pytest.mark.usefixtures("fast_edits")
 
 
 async def webhook(server: Server, state: str, channel: Channel | None = None,
