@@ -10,10 +10,13 @@ Sections, each a table:
    reply posted, through intake, chat, prompt, worker, engine, SQLite and discord.py) against
    raw `model.generate` on the very prompts the bot built, with the same sampling and the same
    number of new tokens. The prefix cache is off here, so both do the same work.
-2. prefix cache: one 30-turn conversation through the chat service with the cache on (the
-   prompt budget is full from about turn 6 in --quick); after each turn its request runs
-   again at once without the cache. Time to first token (the engine's: call to first token
-   picked) and prompt tokens computed, at turns 1, 10 and 30 and over all 30.
+2. prefix cache: one 30-turn conversation through the chat service with the cache on, at the
+   2048-token context (the budget is full from about turn 15); after each turn the worker
+   settles, as while a member writes, which is when it prefills ahead a prompt start that
+   drops history (pygbot.lookahead), and the turn's request runs again without the cache.
+   Time to first token (the engine's: call to first token picked) and prompt tokens
+   computed while the member waits (and, separately, ahead), at turns 1, 10 and 30 and over
+   all 30.
 3. batching: 16 channels' first turn (nothing cached), then their next turn (each channel's
    previous prompt and reply cached, as in a running conversation) at 1, 4, 8 and 16
    channels: one at a time vs the batching worker vs one raw padded `model.generate` batch
@@ -31,7 +34,9 @@ towards the ids its small tokenizer can spell, so replies are text, not undecoda
 
 The last line is `RESULT overhead=<bot/raw> batch16_vs_sequential=<x>
 batch16_vs_raw_batch=<x> prefix_ttft_ratio=<cached/uncached>
-prefix_prefill_fraction=<computed/prompt> first_text_ratio=<first visible/full reply>`.
+prefix_prefill_fraction=<computed/prompt> first_text_ratio=<first visible/full reply>`;
+the prefill fraction counts what is computed while the member waits (the line above it in
+section 2 gives it with the tokens prefilled ahead counted too).
 """
 
 from __future__ import annotations
@@ -85,6 +90,10 @@ QUICK_LAYERS = 2  # of pythia-1.3b's 24: same width, vocabulary and attention, 1
 CHANNELS = (1, 4, 8, 16)
 REPORTED_TURNS = (1, 10, 30)
 CONVERSATION_TURNS = 30
+# Member messages of a few sentences (~85 tokens; with the reply, each turn adds ~5% to a full
+# prompt, as in the chats the cache is for): the 2048-token budget is full from about turn
+# 15, and history leaves a chunk at a time three or four times before turn 30.
+CONVERSATION_MESSAGE_LINES = 12
 PREFIX_CACHE_ON_MB = 1024  # one channel's full 2048-token cache is ~400 MB at 24 layers
 BOT_TURNS = 4  # timed mentions per model on the emulator (after one warm-up)
 SEED = 7
@@ -106,8 +115,10 @@ class Plan:
 
 
 # --quick is sized for 2 busy CPU cores (other jobs beside it): under 15 minutes in all.
+# Its batching runs make replies of 32 tokens, as the full run does: with fewer, the prefill of
+# each channel's new message outweighs the decode steps that batching shares.
 QUICK = Plan(layers=QUICK_LAYERS, reply_tokens=16, conversation_reply_tokens=8,
-             batch_tokens=8, batch_prompt_tokens=(40, 160), context_tokens=768)
+             batch_tokens=32, batch_prompt_tokens=(40, 160))
 FULL = Plan(layers=PYTHIA_1_3B_SHAPE.layers, reply_tokens=96, conversation_reply_tokens=48,
             batch_tokens=32, batch_prompt_tokens=(500, 1900))
 
@@ -287,7 +298,8 @@ class ConversationTurn:
     ttft_on_s: float  # the chat's own request, prefix cache on
     ttft_off_s: float  # the very same request again at once, computed whole (no cache key)
     prompt_tokens: int
-    computed_tokens: int  # with the cache
+    computed_tokens: int  # with the cache, while the member waits
+    ahead_tokens: int  # prefilled ahead for this turn, while the worker was idle before it
 
 
 async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[ConversationTurn]:
@@ -295,7 +307,11 @@ async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[Conve
     engine's prefix cache on. After each turn the first attempt's request is run once more
     without its cache key (prefill and first token only), so both times to first token are
     of the same prompt, moments apart, under the same load from other processes. The time to
-    first token is the engine's: from its call until the first token is picked."""
+    first token is the engine's: from its call until the first token is picked.
+
+    Between turns the worker settles, as it would while the member writes: that is when it
+    prefills ahead the start of a prompt that will drop history (pygbot.lookahead); those
+    tokens count as the next turn's `ahead_tokens`."""
     recorder = Recorder(engine)
     # One attempt per turn (no resamples by the repetition guard): only the first is measured.
     settings = Settings(max_new_tokens=plan.conversation_reply_tokens,
@@ -310,7 +326,9 @@ async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[Conve
                                ChatConfig.from_settings(settings, engine.context_tokens),
                                seed=SEED)
             await chat.start_conversation(1, 1)
-            for number, text in enumerate(user_messages(turns), start=1):
+            ahead = 0  # tokens prefilled ahead for the coming turn
+            for number, text in enumerate(user_messages(turns, CONVERSATION_MESSAGE_LINES),
+                                          start=1):
                 log.info("conversation turn %d of %d", number, turns)
                 before = len(recorder.calls)
                 try:
@@ -322,9 +340,14 @@ async def conversation(engine: Engine, plan: Plan, personas: Path) -> list[Conve
                 prompt, computed = computed_tokens(engine, request, result)
                 uncached = replace(request, cache_key=None, on_text=None,
                                    params=replace(request.params, max_new_tokens=1))
+                measured_ahead = ahead
+                idle_from = worker.stats().ahead_tokens
+                await worker.settled()  # the member's pause; the prefill ahead runs now
+                ahead = worker.stats().ahead_tokens - idle_from
                 off = (await asyncio.to_thread(engine.generate, [uncached]))[0]
                 measured.append(ConversationTurn(result.first_token_seconds,
-                                                 off.first_token_seconds, prompt, computed))
+                                                 off.first_token_seconds, prompt, computed,
+                                                 measured_ahead))
     return measured
 
 
@@ -462,11 +485,15 @@ def chat_prompt(engine: Engine, tokens: int, variant: int) -> str:
     return f"{persona}<START>\n{body}You: channel {variant}, what now?\n{name}:"
 
 
-def user_messages(count: int) -> list[str]:
-    """Chatty member messages (two or three sentences each, ~40 tokens) that differ."""
+def user_messages(count: int, lines: int = 2) -> list[str]:
+    """Chatty member messages that differ: `lines` of the training dialogue's member lines
+    and a question (2 lines: two or three sentences, ~30 tokens; 12:
+    ~85 tokens; 24: a roleplay paragraph of ~160)."""
     said = [line.removeprefix("You: ") for line in training_text()[0].splitlines()
             if line.startswith("You: ")]
-    return [f"{said[i % len(said)]} {said[(i * 7 + 3) % len(said)]} And tell me, turn {i}?"
+    return [" ".join([said[i % len(said)],
+                      *(said[(i * 7 + 3 * k) % len(said)] for k in range(1, lines)),
+                      f"And tell me, turn {i}?"])
             for i in range(count)]
 
 
@@ -498,21 +525,30 @@ def print_conversation(turns: list[ConversationTurn], plan: Plan) -> None:
           f" tokens, PREFIX_CACHE_MB={PREFIX_CACHE_ON_MB}, REPETITION_GUARD=false; each turn's "
           "request again at once without the cache")
     print(f"    {'turn':>4} {'prompt':>7} {'ttft off':>9} {'ttft on':>8} {'computed off':>13}"
-          f" {'computed on':>12}")
+          f" {'computed on':>12} {'ahead':>6}")
     for turn in REPORTED_TURNS:
         if turn > len(turns):
             continue
         t = turns[turn - 1]
         print(f"    {turn:>4} {t.prompt_tokens:>7} {t.ttft_off_s:>8.2f}s {t.ttft_on_s:>7.2f}s "
-              f"{t.prompt_tokens:>13} {t.computed_tokens:>12}")
+              f"{t.prompt_tokens:>13} {t.computed_tokens:>12} {t.ahead_tokens:>6}")
     full = [n for n, t in enumerate(turns, start=1) if t.computed_tokens > t.prompt_tokens // 2]
+    ahead = [n for n, t in enumerate(turns, start=1) if t.ahead_tokens]
+    shrank = [n for n in range(2, len(turns) + 1)
+              if turns[n - 1].prompt_tokens < turns[n - 2].prompt_tokens]
+    print(f"    the example dialogue or a chunk of history left the prompt at turns "
+          f"{', '.join(map(str, shrank)) or 'none'}")
     print(f"    all {len(turns)}: time to first token {ttft_ratio(turns):.3f} of uncached, "
-          f"{prefill_fraction(turns):.3f} of the prompt tokens computed; "
-          f"computed mostly whole at turns {', '.join(map(str, full))} (the first, and after "
-          "each history chunk dropped)")
+          f"{prefill_fraction(turns):.3f} of the prompt tokens computed while the member "
+          f"waits; {prefill_fraction(turns, with_ahead=True):.3f} with the tokens prefilled "
+          "ahead (in the idle time between turns) counted too")
+    print(f"    computed mostly whole at turns {', '.join(map(str, full)) or 'none'}; "
+          f"prefilled ahead before turns {', '.join(map(str, ahead)) or 'none'} "
+          f"({sum(t.ahead_tokens for t in turns)} tokens: each history chunk's drop, and "
+          "the example dialogue's, foreseen)")
     reused = [t for n, t in enumerate(turns, start=1) if n not in full]
     if reused:
-        print(f"    the other {len(reused)} turns: time to first token "
+        print(f"    the {len(reused)} turns not computed whole: time to first token "
               f"{ttft_ratio(reused):.3f} of uncached, {prefill_fraction(reused):.3f} of the "
               "prompt tokens computed")
 
@@ -521,8 +557,9 @@ def ttft_ratio(turns: Sequence[ConversationTurn]) -> float:
     return sum(t.ttft_on_s for t in turns) / sum(t.ttft_off_s for t in turns)
 
 
-def prefill_fraction(turns: Sequence[ConversationTurn]) -> float:
-    return sum(t.computed_tokens for t in turns) / sum(t.prompt_tokens for t in turns)
+def prefill_fraction(turns: Sequence[ConversationTurn], *, with_ahead: bool = False) -> float:
+    computed = sum(t.computed_tokens + (t.ahead_tokens if with_ahead else 0) for t in turns)
+    return computed / sum(t.prompt_tokens for t in turns)
 
 
 def print_batching(batching: Batching, plan: Plan) -> None:

@@ -2,7 +2,8 @@
 
 One reply is: load the channel's memory, render the prompt within the token budget, ask the
 worker, cut the continuation to the character's line, guard against repetition, and store the
-member's turn and the reply together.
+member's turn and the reply together. Then, if the next turn's prompt will start differently
+(history leaving), the worker is asked to prefill that start while idle (pygbot.lookahead).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pygbot.config import Settings
 from pygbot.engine import GenerationParams, GenerationRequest
 from pygbot.identity import uses_other_name
 from pygbot.library import PersonaLibrary
+from pygbot.lookahead import expected_message_tokens, next_prompt_start
 from pygbot.persona import Persona
 from pygbot.prompt import (
     YOU,
@@ -217,14 +219,18 @@ class ChatService:
             history = await self._conversation(channel_id, roster.names)
             turns = [*self._turns(history, persona),
                      *(self._turn(m.author.display_name, m.text, persona) for m in said)]
-            [reply_text] = await self._generate(channel_id, _for_member(persona, member), turns,
-                                                _character_texts(history), on_partial,
-                                                others=_others(roster, persona))
+            speaking_to = _for_member(persona, member)
+            [reply_text], prompt = await self._generate(channel_id, speaking_to, turns,
+                                                        _character_texts(history), on_partial,
+                                                        others=_others(roster, persona))
             *user_turns, turn = await self._store.add_turns(channel_id, [
                 *(NewTurn("user", m.author.display_name, m.text, m.author.id, m.message_id)
                   for m in said),
                 NewTurn("character", persona.name, reply_text),
             ])
+            self._prefill_next_turn(channel_id, speaking_to, turns=turns, prompt=prompt,
+                                    reply=reply_text, member=member,
+                                    answered=[m.text for m in said])
             return ChatReply(persona, turn, user_turns[-1], greeting, tuple(user_turns))
 
     async def regenerate(self, channel_id: int, guild_id: int,
@@ -245,11 +251,18 @@ class ChatService:
             latest = history[-1]
             earlier = history[:-1]
             avoid = [*_character_texts(earlier), *latest.alternatives]
-            texts = await self._generate(channel_id, _for_member(persona, history[-2].name),
-                                         self._turns(earlier, persona), avoid, on_partial,
-                                         candidates=self._config.swipe_candidates,
-                                         others=_others(roster, persona))
-            return await self._store.add_alternatives(latest.id, texts)
+            member = history[-2].name
+            speaking_to = _for_member(persona, member)
+            turns = self._turns(earlier, persona)
+            texts, prompt = await self._generate(channel_id, speaking_to, turns, avoid,
+                                                 on_partial,
+                                                 candidates=self._config.swipe_candidates,
+                                                 others=_others(roster, persona))
+            stored = await self._store.add_alternatives(latest.id, texts)
+            self._prefill_next_turn(channel_id, speaking_to, turns=turns, prompt=prompt,
+                                    reply=stored.text, member=member,
+                                    answered=[history[-2].text])
+            return stored
 
     async def choose_alternative(self, turn_id: int, index: int) -> StoredTurn:
         return await self._store.choose_alternative(turn_id, index)
@@ -336,17 +349,36 @@ class ChatService:
             return Turn(speaker_label(display_name, persona.name), text)
         return Turn(YOU, text)
 
+    def _prefill_next_turn(self, channel_id: int, persona: Persona, *, turns: Sequence[Turn],
+                           prompt: RenderedPrompt, reply: str, member: str,
+                           answered: Sequence[str]) -> None:
+        """Ask the worker to prefill, while idle, the start of this channel's next prompt if
+        a message like the ones just `answered` would move it (pygbot.lookahead). The
+        prompt is rendered then, in the worker's thread, not now."""
+        conversation = [*turns, Turn(persona.name, reply, is_character=True)]
+        count_tokens = self._count_tokens
+        budget = self._config.prompt_budget
+        speaker = self._turn(member, "", persona).speaker
+
+        def prompt_start() -> str | None:
+            return next_prompt_start(
+                persona, conversation, budget, count_tokens, answered_prompt=prompt.text,
+                speaker=speaker, message_tokens=expected_message_tokens(answered, count_tokens))
+
+        self._worker.prefill_when_idle(cache_key(channel_id), prompt_start)
+
     async def _generate(
         self, channel_id: int, persona: Persona, turns: Sequence[Turn], recent: Sequence[str],
         on_partial: PartialListener | None = None, *, candidates: int = 1,
         others: Sequence[str] = (),
-    ) -> list[str]:
+    ) -> tuple[list[str], RenderedPrompt]:
         """Sample `candidates` replies together and keep, in order, those that may be posted
-        (at least one): a reply that has the character use another name or has no words is
-        dropped and, with the guard on, loops are trimmed and near-duplicates (of recent
-        replies or of a kept candidate) dropped. When none is left the next try samples
-        again; a reply that fails every try is not posted. `others`: the channel's other
-        characters, whose turns end the reply too (even before they have spoken)."""
+        (at least one), with the prompt they answer: a reply that has the character use
+        another name or has no words is dropped and, with the guard on, loops are trimmed
+        and near-duplicates (of recent replies or of a kept candidate) dropped. When none is
+        left the next try samples again; a reply that fails every try is not posted.
+        `others`: the channel's other characters, whose turns end the reply too (even before
+        they have spoken)."""
         config = self._config
         prompt = _with_speakers(build_prompt(persona, turns, config.prompt_budget,
                                              self._count_tokens,
@@ -365,7 +397,7 @@ class ChatService:
                 log.info("reply %d of %d %s", attempt + 1, attempts, problem)
                 rejected = rejected or bool(text)
             if kept:
-                return kept
+                return kept, prompt
         if rejected:
             raise RejectedReplyError(
                 "every sample repeated a recent reply, used another name or had no words")
@@ -407,7 +439,7 @@ class ChatService:
             replace(params, seed=self._rng.randrange(SEED_RANGE)), penalty_from,
             dry_sequence_breakers=(*STRUCTURE_BREAKERS, *prompt.speakers),
             # The engine keeps the channel's KV states for its next turn's prompt.
-            cache_key=f"channel:{channel_id}",
+            cache_key=cache_key(channel_id),
             on_text=relay.on_text if relay and index == 0 else None)
             for index in range(candidates)]
         try:
@@ -429,6 +461,11 @@ class ChatService:
             return visible_reply(generated, persona.name, prompt.speakers, trim_loops=guard)
 
         return TextRelay(asyncio.get_running_loop(), visible, on_partial)
+
+
+def cache_key(channel_id: int) -> str:
+    """The engine's prefix cache key for a channel's conversation."""
+    return f"channel:{channel_id}"
 
 
 def is_swipeable_greeting(turn: StoredTurn, before: Sequence[StoredTurn]) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +238,36 @@ def prefill(model: PreTrainedModel, row: Row, buffers: Sequence[KVBuffer], index
                    **{cache_argument(model): Cache(layers=list(layers))}, use_cache=True,
                    logits_to_keep=1)
     return output.logits[0, -1].float()
+
+
+def prefill_ahead(model: PreTrainedModel, token_ids: torch.Tensor, cached: CachedPrefix | None,
+                  *, slice_tokens: int, should_stop: Callable[[], bool]
+                  ) -> tuple[list[LayerStates], int]:
+    """The states of `token_ids` (L,), a prompt's start, for the prefix cache: the cached
+    prefix copied, the rest computed `slice_tokens` at a time. Between slices
+    `should_stop()` may end it early. -> (states of the first n tokens, n)."""
+    length = len(token_ids)
+    buffers = [KVBuffer(1, length) for _ in range(model.config.num_hidden_layers)]
+    layers = [SlotLayer(buffer, slice(0, 1), 0) for buffer in buffers]
+    done = cached.length if cached is not None else 0
+    if cached is not None:
+        for layer, (keys, values) in zip(layers, cached.layers, strict=True):
+            layer.update(keys[:, :, :done], values[:, :, :done])
+    cache = Cache(layers=list(layers))
+    device = model.device
+    computed_from = done
+    while done < length and not (done > computed_from and should_stop()):
+        end = min(length, done + slice_tokens)
+        model(input_ids=token_ids[done:end].to(device)[None, :],
+              position_ids=torch.arange(done, end, device=device)[None, :],
+              attention_mask=torch.ones(1, end, dtype=torch.long, device=device),
+              **{cache_argument(model): cache}, use_cache=True, logits_to_keep=1)
+        done = end
+    if done == length:
+        return [(buffer.keys, buffer.values) for buffer in buffers], done
+    # Copies: a view would keep the whole buffer alive while the cache counts a part of it.
+    return [(buffer.keys[:, :, :done].clone(), buffer.values[:, :, :done].clone())
+            for buffer in buffers], done
 
 
 def decode_one_token(model: Any, cache: Cache, tokens: torch.Tensor,

@@ -49,6 +49,9 @@ from pygbot.sampling import (
 log = logging.getLogger(__name__)
 DEFAULT_CONTEXT_TOKENS = 2048  # used when a model's config does not say (Pygmalion 1.3B's size)
 STRUCTURE_MASKS_KEPT = 64  # breaker sets remembered (one per character and set of names)
+# A prefill ahead of time (`Engine.prefill`) checks between slices of this many tokens whether
+# a member's request is waiting, which then waits for one slice at most.
+AHEAD_SLICE_TOKENS = 128
 STOP_TAIL_SLACK_TOKENS = 8  # decoded beyond the longest stop string, for merges at its edges
 MAX_REASON_CHARS = 200  # an error's reason is cut here so the startup message stays one line
 # PREFIX_CACHE_MB left empty: on CPU this much (about five full 2048-token conversations of
@@ -492,6 +495,37 @@ class Engine:
             for index, result in zip(indices, self._generate_batch(batch, params), strict=True):
                 results[index] = result
         return [result for result in results if result is not None]
+
+    @property
+    def can_prefill(self) -> bool:
+        """Whether `prefill` can keep anything (PREFIX_CACHE_MB is not 0)."""
+        return self.prefix_cache.enabled
+
+    def prefill(self, cache_key: str, text: str,
+                should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Compute ahead of time the states of `text`, the start of `cache_key`'s next
+        prompt, and keep them in the prefix cache beside its last turn's (see
+        pygbot.lookahead); only what the cache does not hold is computed. `should_stop()`,
+        asked between slices, ends it early: what is done is kept, and a later call goes on
+        from there. -> how many tokens were computed."""
+        if not self.prefix_cache.enabled:
+            return 0
+        token_ids = self._prompt_ids(text)
+        cached = self.prefix_cache.lookup(cache_key, token_ids, whole=True)
+        reused = cached.length if cached is not None else 0
+        if reused == len(token_ids):
+            return 0
+        with torch.inference_mode():
+            states, done = decode.prefill_ahead(self._model, torch.tensor(token_ids), cached,
+                                                slice_tokens=AHEAD_SLICE_TOKENS,
+                                                should_stop=should_stop)
+        self.prefix_cache.store_ahead(cache_key, token_ids[:done], states)
+        return done - reused
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        """`text`'s token ids as `generate` encodes a prompt (special tokens included)."""
+        with self._tokenizer_lock:
+            return list(self._tokenizer(text)["input_ids"])
 
     def _generate_batch(self, requests: Sequence[GenerationRequest],
                         params: GenerationParams) -> list[GenerationResult]:

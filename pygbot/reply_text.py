@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # The tail of a text that may still grow into `<START>` (any case, any spacing, as
 # prompt._START_MARK reads it).
 _START_IN_PROGRESS = re.compile(r"<\s*(?:s(?:t(?:a(?:r(?:t\s*)?)?)?)?)?\Z", re.IGNORECASE)
+# The tail of a text that may still grow into any of the tags extract_reply cuts at (prompt's
+# _PSEUDO_TAG: `</p>`, `<|endoftext|>`, `<END OF>`, `< start. there>`: a `<` closed by `>` at
+# most ~46 characters later on the same line).
+_TAG_IN_PROGRESS = re.compile(r"<\s*[^<>\n]{0,46}\Z")
 # A line that may still grow into a `Name:` turn as extract_reply reads one: up to three
 # capitalised words (a trailing space waits for the next word).
 _NAME_IN_PROGRESS = re.compile(r"\s*(?:[A-Z][\w'’-]{0,20}(?: [A-Z][\w'’-]{0,20}){0,2} ?)?")
@@ -79,9 +83,10 @@ def visible_reply(generated: str, persona_name: str, speakers: Sequence[str], *,
 
 def _settled_text(text: str, persona_name: str, speakers: Sequence[str]) -> str:
     """`text` without a tail that later text could still turn into the end of the reply."""
-    start = _START_IN_PROGRESS.search(text)
-    if start is not None:
-        text = text[:start.start()]
+    for in_progress in (_START_IN_PROGRESS, _TAG_IN_PROGRESS):
+        start = in_progress.search(text)
+        if start is not None:
+            text = text[:start.start()]
     if _may_become_label(text, persona_name):
         return ""  # the character's own label, which extract_reply removes, is not complete
     last_break = text.rfind("\n")

@@ -11,6 +11,11 @@ a remote engine can ask its server for them in one request with `n`.
 A burst of mentions reaches the queue a few milliseconds apart (each channel reads its
 history first), so an idle worker gathers briefly before it starts: without that, the first
 request of every burst ran alone and the rest waited for it (batches of [1, 3]).
+
+While nothing is waiting, the worker prefills ahead (`prefill_when_idle`): the prompt start a
+channel's next turn will need once its history drops a chunk (see pygbot.lookahead), so the
+member does not wait for it then. A request that arrives meanwhile waits for one slice of
+that prefill at most (the engine checks between slices).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pygbot.engine import GenerationRequest, GenerationResult
 
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 # quiet this long, at most BATCH_GATHER_S in all. Both are small beside any generation.
 BATCH_QUIET_S = 0.01
 BATCH_GATHER_S = 0.05
+SETTLED_POLL_S = 0.01
 
 
 class Generator(Protocol):
@@ -40,6 +47,17 @@ class Generator(Protocol):
     event loop instead of tying up a thread per request."""
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+@runtime_checkable
+class Prefiller(Protocol):
+    """An engine that can also compute a prompt's start ahead of time into its prefix cache
+    (pygbot.engine.Engine; a remote server keeps its own cache, so RemoteEngine cannot)."""
+
+    @property
+    def can_prefill(self) -> bool: ...  # False while it keeps no prefix cache
+
+    def prefill(self, cache_key: str, text: str, should_stop: Callable[[], bool]) -> int: ...
 
 
 class QueueFullError(RuntimeError):
@@ -56,10 +74,25 @@ class WorkerStats:
     failures: int
     new_tokens: int
     generation_seconds: float
+    ahead_tokens: int = 0  # prompt tokens prefilled ahead of time, while idle
 
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.generation_seconds if self.generation_seconds else 0.0
+
+
+@dataclass
+class _Ahead:
+    """A prompt start to prefill for a channel while idle: `build` makes its text, once."""
+
+    build: Callable[[], str | None]
+    text: str | None = None
+    built: bool = False
+
+    def prompt_start(self) -> str | None:
+        if not self.built:
+            self.text, self.built = self.build(), True
+        return self.text
 
 
 @dataclass
@@ -84,7 +117,13 @@ class Worker:
         self._live: set[asyncio.Future[list[GenerationResult]]] = set()  # queued or generating
         self._idle = asyncio.Event()
         self._idle.set()
-        self._requests = self._failures = self._new_tokens = 0
+        # Set whenever there may be something new to do: a request, a prefill, a batch done.
+        self._wake = asyncio.Event()
+        # Set (from the loop) when a request arrives; the prefill thread stops on it.
+        self._request_waiting = threading.Event()
+        self._prefiller = engine if isinstance(engine, Prefiller) else None
+        self._ahead: dict[str, _Ahead] = {}  # oldest first; one per cache key
+        self._requests = self._failures = self._new_tokens = self._ahead_tokens = 0
         self._seconds = 0.0
 
     async def __aenter__(self) -> Worker:
@@ -104,7 +143,26 @@ class Worker:
         return len(self._live)
 
     def stats(self) -> WorkerStats:
-        return WorkerStats(self._requests, self._failures, self._new_tokens, self._seconds)
+        return WorkerStats(self._requests, self._failures, self._new_tokens, self._seconds,
+                           self._ahead_tokens)
+
+    def prefill_when_idle(self, cache_key: str, prompt_start: Callable[[], str | None]) -> None:
+        """When nothing else is waiting, have the engine compute the states of the text
+        `prompt_start()` returns (None: nothing to do) into `cache_key`'s prefix cache. It is
+        called then, in the generating thread. A newer ask for the same key replaces one not
+        yet done; an engine without `prefill` ignores it."""
+        if self._closed or self._prefiller is None or not self._prefiller.can_prefill:
+            return
+        self._ahead.pop(cache_key, None)
+        self._ahead[cache_key] = _Ahead(prompt_start)
+        self._wake.set()
+
+    async def settled(self) -> None:
+        """Wait until nothing is queued, generating or left to prefill ahead."""
+        # Polling: "settled" spans the queue, the running batches and the prefills ahead,
+        # and is only waited for by tests and benches (a member's pause between messages).
+        while self._live or self._ahead or self._batches_running or not self._queue.empty():
+            await asyncio.sleep(SETTLED_POLL_S)
 
     async def submit(self, request: GenerationRequest) -> GenerationResult:
         """Queue `request` and wait for its result.
@@ -128,6 +186,12 @@ class Worker:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFullError(f"{self._queue.maxsize} requests are already waiting") from None
+        self._request_waiting.set()
+        self._wake.set()
+        for request in requests:
+            # That conversation moves on; its reply asks again for what to prefill next.
+            if request.cache_key is not None:
+                self._ahead.pop(request.cache_key, None)
         self._live.add(job.future)
         job.future.add_done_callback(self._live.discard)
         return await job.future
@@ -135,6 +199,8 @@ class Worker:
     async def close(self) -> None:
         """Fail the queued requests, let the batch in progress finish, stop the worker."""
         self._closed = True
+        self._ahead.clear()
+        self._request_waiting.set()  # a prefill ahead in progress stops at its next slice
         waiting = [self._held] if self._held is not None else []
         self._held = None
         while not self._queue.empty():
@@ -153,6 +219,11 @@ class Worker:
         running: set[asyncio.Task[None]] = set()
         while True:
             await self._batch_slots.acquire()
+            await self._work_to_do()
+            if self._held is None and self._queue.empty():
+                await self._prefill_ahead()
+                self._batch_slots.release()
+                continue
             batch = await self._next_batch()
             if not batch:
                 self._batch_slots.release()
@@ -171,6 +242,46 @@ class Worker:
             self._batches_running -= 1
             if self._batches_running == 0:
                 self._idle.set()
+                self._wake.set()
+
+    async def _work_to_do(self) -> None:
+        """Wait for a request, or for a prefill ahead while no batch runs."""
+        while True:
+            self._wake.clear()
+            if self._held is not None or not self._queue.empty():
+                return
+            if self._ahead and self._batches_running == 0:
+                return
+            await self._wake.wait()
+
+    async def _prefill_ahead(self) -> None:
+        """One channel's prefill ahead (the oldest asked), in the generating thread. It is
+        kept for later when a request cut it short."""
+        cache_key, ahead = next(iter(self._ahead.items()))
+        self._request_waiting.clear()
+        self._batches_running += 1  # close() waits for it as for a batch
+        self._idle.clear()
+        finished = True
+        try:
+            computed, finished = await asyncio.to_thread(self._prefill, cache_key, ahead)
+            self._ahead_tokens += computed
+        except Exception:  # a lost head start, never a lost reply
+            log.exception("prefilling ahead for %s failed", cache_key)
+        finally:
+            self._batches_running -= 1
+            if self._batches_running == 0:
+                self._idle.set()
+        if finished and self._ahead.get(cache_key) is ahead:
+            del self._ahead[cache_key]
+
+    def _prefill(self, cache_key: str, ahead: _Ahead) -> tuple[int, bool]:
+        """-> (tokens computed, whether it is done); runs in the generating thread."""
+        assert self._prefiller is not None  # only asked for when the engine has `prefill`
+        text = ahead.prompt_start()
+        if text is None:
+            return 0, True
+        computed = self._prefiller.prefill(cache_key, text, self._request_waiting.is_set)
+        return computed, not self._request_waiting.is_set()
 
     async def _next_batch(self) -> list[_Job]:
         """Jobs for one batch: at most `max_batch` requests, unless one job alone has more

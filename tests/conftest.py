@@ -34,6 +34,18 @@ def tiny_engine(tiny_model_dir: Path) -> Engine:
     return Engine.load(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def cached(tiny_model_dir: Path) -> Engine:
+    """The tiny model with a 64 MB prefix cache, one per test module (tests swap its cache)."""
+    return Engine.load(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_mb=64)
+
+
+@pytest.fixture(scope="module")
+def uncached(tiny_model_dir: Path) -> Engine:
+    """The tiny model without a prefix cache: every prompt computed whole."""
+    return Engine.load(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_mb=0)
+
+
 @pytest.fixture(scope="session")
 def count_tokens(tiny_engine: Engine) -> Callable[[str], int]:
     """The tiny model's real BPE tokenizer (trained on the fly), as the prompt sees it."""

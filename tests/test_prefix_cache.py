@@ -8,7 +8,6 @@ from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
-import pytest
 import torch
 
 from pygbot.chat import Author, ChatConfig, ChatService, EmptyReplyError
@@ -26,16 +25,6 @@ MESSAGES = ["Hello there! How are you today?", "What are you working on?",
 # The bot's own kind of request: penalties over the conversation window, DRY, stop strings.
 PENALISED = GenerationParams(max_new_tokens=16, temperature=0.0, repetition_penalty=1.3,
                              dry_multiplier=0.8)
-
-
-@pytest.fixture(scope="module")
-def cached(tiny_model_dir: Path) -> Engine:
-    return Engine.load(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_mb=64)
-
-
-@pytest.fixture(scope="module")
-def uncached(tiny_model_dir: Path) -> Engine:
-    return Engine.load(str(tiny_model_dir), device="cpu", dtype="float32", prefix_cache_mb=0)
 
 
 def request(prompt: str, key: str, params: GenerationParams = PENALISED) -> GenerationRequest:

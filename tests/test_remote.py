@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from pygbot.app import open_services
 from pygbot.chat import Author
 from pygbot.cogs.reply_view import REGENERATE_ID
+from pygbot.discord_text import STREAMING_MARK
 from pygbot.engine import Engine, GenerationParams, GenerationRequest
 from pygbot.engine_errors import EngineRequestError, EngineUnavailableError
 from pygbot.intake import ENGINE_UNREACHABLE_NOTICE
@@ -202,11 +203,19 @@ async def mention(server: Server, text: str) -> dict[str, Any]:
 
 
 async def answer_to(server: Server, asked: dict[str, Any]) -> dict[str, Any]:
+    """The bot's answer to `asked` once it is complete (a streamed reply first shows part of
+    itself, marked as still being written)."""
     def answers(message: dict[str, Any]) -> bool:
         reference = message.get("message_reference") or {}
         return reference.get("message_id") == asked["id"]
 
-    return await server.discord.wait_for_message(server.roleplay, answers, timeout=60)
+    reply = await server.discord.wait_for_message(server.roleplay, answers, timeout=60)
+
+    async def complete() -> bool:
+        return not server.discord.message(reply)["content"].endswith(STREAMING_MARK)
+
+    await eventually(complete, timeout=60)
+    return server.discord.message(reply)
 
 
 async def test_a_streamed_chat_reply_feeds_the_partial_listener_from_the_server(

@@ -76,3 +76,17 @@ def test_a_loop_never_shows_even_while_it_grows() -> None:
 def test_without_the_guard_a_repeat_is_shown_as_it_will_be_stored() -> None:
     loop = " I am here. I am here. I am here. Yes"
     assert visible(loop, trim_loops=False) == "I am here. I am here. I am here."
+
+
+def test_a_tag_still_being_written_is_not_shown() -> None:
+    # Found by the property above: `< start.` showed, then `< start. there>` turned out to be
+    # a tag that the final reply is cut at.
+    text = "Hi there. < start. there> more"
+    assert final(text) == "Hi there."
+    assert all(final(text).startswith(visible(text[:length]))
+               for length in range(len(text) + 1))
+    # (Loop trimming off: it holds back the last few words, which would hide the point.)
+    heart = "Hi there. I <3 this old ship, "
+    assert visible(heart + "really. ", trim_loops=False) == "Hi there."  # `<` may open a tag
+    rest = "every bolt and every star chart in it, truly."
+    assert visible(f"{heart}{rest} And", trim_loops=False) == heart + rest  # too long for one
