@@ -14,6 +14,7 @@ early stays valid: it is the prompt's start until that chunk leaves.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from pygbot.persona import Persona
@@ -45,7 +46,8 @@ def next_prompt_start(persona: Persona, turns: Sequence[Turn], budget_tokens: in
 
     `turns`: the conversation as the prompt module takes it, ending with the reply just given.
     """
-
+    # The same history lines are counted in every render below: count each once.
+    count_tokens = functools.lru_cache(maxsize=None)(count_tokens)
     per_word = count_tokens(" ".join([_FILLER_WORD] * _FILLER_SAMPLE_WORDS)) / _FILLER_SAMPLE_WORDS
 
     def start_with(tokens: int) -> str | None:
