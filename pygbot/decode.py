@@ -223,21 +223,10 @@ def prefill(model: PreTrainedModel, row: Row, buffers: Sequence[KVBuffer], index
             width: int) -> torch.Tensor:
     """Fill row `index`'s cache from its cached prefix plus its uncached tokens; -> (V,)
     float32 logits for the token after its prompt."""
-    length = len(row.token_ids)
-    start = width - length
-    rows = slice(index, index + 1)
-    layers = [SlotLayer(buffer, rows, start) for buffer in buffers]
-    if row.cached is not None:
-        for layer, (keys, values) in zip(layers, row.cached.layers, strict=True):
-            layer.update(keys[:, :, :row.reused], values[:, :, :row.reused])
-    device = model.device
-    suffix = row.token_ids[row.reused:].to(device)[None, :]  # (1, L - reused)
-    positions = torch.arange(row.reused, length, device=device)[None, :]
-    output = model(input_ids=suffix, position_ids=positions,
-                   attention_mask=torch.ones(1, length, dtype=torch.long, device=device),
-                   **{cache_argument(model): Cache(layers=list(layers))}, use_cache=True,
-                   logits_to_keep=1)
-    return output.logits[0, -1].float()
+    layers = [SlotLayer(buffer, slice(index, index + 1), width - len(row.token_ids))
+              for buffer in buffers]
+    cache = _cache_from(layers, row.cached)
+    return _extend(model, cache, row.token_ids, row.reused, len(row.token_ids))[0, -1].float()
 
 
 def prefill_ahead(model: PreTrainedModel, token_ids: torch.Tensor, cached: CachedPrefix | None,
@@ -248,26 +237,37 @@ def prefill_ahead(model: PreTrainedModel, token_ids: torch.Tensor, cached: Cache
     `should_stop()` may end it early. -> (states of the first n tokens, n)."""
     length = len(token_ids)
     buffers = [KVBuffer(1, length) for _ in range(model.config.num_hidden_layers)]
-    layers = [SlotLayer(buffer, slice(0, 1), 0) for buffer in buffers]
-    done = cached.length if cached is not None else 0
-    if cached is not None:
-        for layer, (keys, values) in zip(layers, cached.layers, strict=True):
-            layer.update(keys[:, :, :done], values[:, :, :done])
-    cache = Cache(layers=list(layers))
-    device = model.device
-    computed_from = done
+    cache = _cache_from([SlotLayer(buffer, slice(0, 1), 0) for buffer in buffers], cached)
+    done = computed_from = cached.length if cached is not None else 0
     while done < length and not (done > computed_from and should_stop()):
         end = min(length, done + slice_tokens)
-        model(input_ids=token_ids[done:end].to(device)[None, :],
-              position_ids=torch.arange(done, end, device=device)[None, :],
-              attention_mask=torch.ones(1, end, dtype=torch.long, device=device),
-              **{cache_argument(model): cache}, use_cache=True, logits_to_keep=1)
+        _extend(model, cache, token_ids, done, end)
         done = end
     if done == length:
         return [(buffer.keys, buffer.values) for buffer in buffers], done
     # Copies: a view would keep the whole buffer alive while the cache counts a part of it.
     return [(buffer.keys[:, :, :done].clone(), buffer.values[:, :, :done].clone())
             for buffer in buffers], done
+
+
+def _cache_from(layers: Sequence[SlotLayer], cached: CachedPrefix | None) -> Cache:
+    """A cache over `layers`, holding the `cached` prefix's states (if any) to start with."""
+    if cached is not None:
+        for layer, (keys, values) in zip(layers, cached.layers, strict=True):
+            layer.update(keys[:, :, :cached.length], values[:, :, :cached.length])
+    return Cache(layers=list(layers))
+
+
+def _extend(model: PreTrainedModel, cache: Cache, token_ids: torch.Tensor, start: int,
+            end: int) -> torch.Tensor:
+    """Run the model on token_ids[start:end] after `cache`, which holds the first `start`
+    tokens' states and takes these; -> (1, 1, V) logits of the last of them."""
+    device = model.device
+    output = model(input_ids=token_ids[start:end].to(device)[None, :],
+                   position_ids=torch.arange(start, end, device=device)[None, :],
+                   attention_mask=torch.ones(1, end, dtype=torch.long, device=device),
+                   **{cache_argument(model): cache}, use_cache=True, logits_to_keep=1)
+    return output.logits
 
 
 def decode_one_token(model: Any, cache: Cache, tokens: torch.Tensor,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -82,20 +83,6 @@ class WorkerStats:
 
 
 @dataclass
-class _Ahead:
-    """A prompt start to prefill for a channel while idle: `build` makes its text, once."""
-
-    build: Callable[[], str | None]
-    text: str | None = None
-    built: bool = False
-
-    def prompt_start(self) -> str | None:
-        if not self.built:
-            self.text, self.built = self.build(), True
-        return self.text
-
-
-@dataclass
 class _Job:
     requests: tuple[GenerationRequest, ...]  # never split across batches
     future: asyncio.Future[list[GenerationResult]] = field(repr=False)
@@ -122,7 +109,9 @@ class Worker:
         # Set (from the loop) when a request arrives; the prefill thread stops on it.
         self._request_waiting = threading.Event()
         self._prefiller = engine if isinstance(engine, Prefiller) else None
-        self._ahead: dict[str, _Ahead] = {}  # oldest first; one per cache key
+        # Prompt starts to prefill, oldest first, one per cache key; each is rendered once
+        # (functools.cache), and a prefill cut short goes on from the same text.
+        self._ahead: dict[str, Callable[[], str | None]] = {}
         self._requests = self._failures = self._new_tokens = self._ahead_tokens = 0
         self._seconds = 0.0
 
@@ -154,7 +143,7 @@ class Worker:
         if self._closed or self._prefiller is None or not self._prefiller.can_prefill:
             return
         self._ahead.pop(cache_key, None)
-        self._ahead[cache_key] = _Ahead(prompt_start)
+        self._ahead[cache_key] = functools.cache(prompt_start)
         self._wake.set()
 
     async def settled(self) -> None:
@@ -228,8 +217,7 @@ class Worker:
             if not batch:
                 self._batch_slots.release()
                 continue
-            self._idle.clear()
-            self._batches_running += 1
+            self._begin_run()
             task = asyncio.create_task(self._run_in_slot(batch))
             running.add(task)  # a reference, so the task is not collected mid-run
             task.add_done_callback(running.discard)
@@ -239,10 +227,18 @@ class Worker:
             await self._run(batch)
         finally:
             self._batch_slots.release()
-            self._batches_running -= 1
-            if self._batches_running == 0:
-                self._idle.set()
-                self._wake.set()
+            self._end_run()
+
+    def _begin_run(self) -> None:
+        """A batch or a prefill ahead starts: the worker is busy, and close() waits for it."""
+        self._batches_running += 1
+        self._idle.clear()
+
+    def _end_run(self) -> None:
+        self._batches_running -= 1
+        if self._batches_running == 0:
+            self._idle.set()
+            self._wake.set()
 
     async def _work_to_do(self) -> None:
         """Wait for a request, or for a prefill ahead while no batch runs."""
@@ -259,8 +255,7 @@ class Worker:
         kept for later when a request cut it short."""
         cache_key, ahead = next(iter(self._ahead.items()))
         self._request_waiting.clear()
-        self._batches_running += 1  # close() waits for it as for a batch
-        self._idle.clear()
+        self._begin_run()
         finished = True
         try:
             computed, finished = await asyncio.to_thread(self._prefill, cache_key, ahead)
@@ -268,16 +263,15 @@ class Worker:
         except Exception:  # a lost head start, never a lost reply
             log.exception("prefilling ahead for %s failed", cache_key)
         finally:
-            self._batches_running -= 1
-            if self._batches_running == 0:
-                self._idle.set()
+            self._end_run()
         if finished and self._ahead.get(cache_key) is ahead:
             del self._ahead[cache_key]
 
-    def _prefill(self, cache_key: str, ahead: _Ahead) -> tuple[int, bool]:
+    def _prefill(self, cache_key: str, prompt_start: Callable[[], str | None]
+                 ) -> tuple[int, bool]:
         """-> (tokens computed, whether it is done); runs in the generating thread."""
         assert self._prefiller is not None  # only asked for when the engine has `prefill`
-        text = ahead.prompt_start()
+        text = prompt_start()
         if text is None:
             return 0, True
         computed = self._prefiller.prefill(cache_key, text, self._request_waiting.is_set)
